@@ -1,0 +1,198 @@
+"""The ``quality`` command line.
+
+Contract (DESIGN.md): the DB is ``--db URL``, else ``QUALITY_DB_URL``, else
+``sqlite:///data_samples/demo.db``. Every command accepts ``--json``. Exit codes: 0 fine,
+1 a check or alert fired, 2 bad usage or bad input (message on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from quality.config import get_settings
+from quality.errors import QualityError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="quality",
+    help="Quality Workbench: data quality for medical-imaging ML.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database schema management.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+err = Console(stderr=True)
+out = Console()
+
+DbOpt = Annotated[
+    str | None, typer.Option("--db", help="SQLAlchemy DB URL (else QUALITY_DB_URL, else demo DB).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON document on stdout.")]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _emit(payload: dict[str, Any], as_json: bool, human: Callable[[], None]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(payload, default=str, indent=2) + "\n")
+    else:
+        human()
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int, str], None]]:
+    """A rich progress bar on stderr; yields ``update(done, total, label)``."""
+    if not enabled:
+        yield lambda done, total, label: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    ) as prog:
+        tasks: dict[str, Any] = {}
+
+        def update(done: int, total: int, label: str) -> None:
+            if label not in tasks:
+                tasks[label] = prog.add_task(label, total=total)
+            prog.update(tasks[label], completed=done, total=total)
+
+        yield update
+
+
+def _engine(db: str | None):  # type: ignore[no-untyped-def]
+    from quality.db.session import make_engine
+
+    return make_engine(get_settings(db_url=db).db_url)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Create or migrate the schema to the newest revision."""
+    from quality.db.session import safe_url, upgrade
+
+    engine = _engine(db)
+    try:
+        upgrade(engine)
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    _emit(
+        {"db": safe_url(engine), "revision": "head"},
+        as_json,
+        lambda: out.print(f"schema of {safe_url(engine)} is up to date"),
+    )
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Folder for DICOMs and truth file.")
+    ] = Path("data_samples"),
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same data.")] = 0,
+    size: Annotated[str, typer.Option(help="small | medium")] = "small",
+    workers: Annotated[int | None, typer.Option(help="Ingest processes (default: cores).")] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Generate deterministic synthetic DICOMs, annotations and predictions, with seeded truth."""
+    from quality.db.session import session_scope, upgrade
+    from quality.demo import SIZES, build_demo
+
+    if size not in SIZES:
+        raise _fail(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
+    settings = get_settings(db_url=db)
+    if db is None and "QUALITY_DB_URL" not in os.environ:
+        settings.db_url = f"sqlite:///{out_dir / 'demo.db'}"
+    engine = _engine(settings.db_url)
+    try:
+        upgrade(engine)
+        with _progress(not as_json) as update, session_scope(engine) as session:
+            summary = build_demo(
+                session,
+                out_dir,
+                seed=seed,
+                size=size,
+                salt=settings.phi_salt,
+                workers=workers,
+                progress=update,
+            )
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    payload = summary.as_dict()
+    _emit(payload, as_json, lambda: out.print_json(data=payload))
+
+
+@app.command()
+def ingest(
+    uri: Annotated[str, typer.Argument(help="Image store: a folder (recursive).")],
+    workers: Annotated[int | None, typer.Option(help="Parser processes (default: cores).")] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index DICOM headers and pixel hashes into the DB; idempotent and resumable."""
+    from quality.db.session import session_scope, upgrade
+    from quality.ingest import ingest as run_ingest
+
+    settings = get_settings(db_url=db)
+    engine = _engine(settings.db_url)
+    try:
+        upgrade(engine)
+        with _progress(not as_json) as update, session_scope(engine) as session:
+            summary = run_ingest(
+                session, uri, workers=workers, salt=settings.phi_salt, progress=update
+            )
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    payload = summary.as_dict()
+    # The JSON summary is the contract for pipelines: always printed, pretty unless --json.
+    _emit(payload, as_json, lambda: out.print_json(data=payload))
+
+
+@app.command("app")
+def run_app(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start the Streamlit workbench on 127.0.0.1."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    if db:
+        env["QUALITY_DB_URL"] = db
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(root / "app.py"),
+        "--server.address", "127.0.0.1", "--server.port", str(port),
+        "--browser.gatherUsageStats", "false", "--server.headless", "true",
+    ]  # fmt: skip
+    if as_json:
+        sys.stdout.write(json.dumps({"url": f"http://127.0.0.1:{port}", "cmd": cmd}) + "\n")
+    raise typer.Exit(subprocess.call(cmd, cwd=root, env=env))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

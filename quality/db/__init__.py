@@ -1,0 +1,1 @@
+"""Annotation DB: schema, engine and sessions, read-side queries, migrations."""

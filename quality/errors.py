@@ -1,0 +1,57 @@
+"""Domain errors. Each names the file, row or field at fault, never patient data."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DatabaseUnavailableError",
+    "DicomReadError",
+    "EmptyDatabaseError",
+    "QualityError",
+    "StoreError",
+]
+
+
+class QualityError(Exception):
+    """Base class of the workbench's own errors."""
+
+
+class DicomReadError(QualityError, ValueError):
+    """A DICOM file that cannot be read or decoded.
+
+    Parameters
+    ----------
+    uri : the file (store URI) at fault.
+    kind : a short machine-readable kind (``not_dicom``, ``truncated``, ``no_pixels``, ...).
+    message : what is wrong, in plain words.
+    """
+
+    def __init__(self, uri: str, kind: str, message: str) -> None:
+        self.uri = uri
+        self.kind = kind
+        self.message = message
+        super().__init__(f"{uri}: {kind}: {message}")
+
+
+class StoreError(QualityError, ValueError):
+    """An image store URI that cannot be opened, listed or read."""
+
+    def __init__(self, uri: str, message: str) -> None:
+        self.uri = uri
+        super().__init__(f"{uri}: {message}")
+
+
+class DatabaseUnavailableError(QualityError, RuntimeError):
+    """The annotation DB cannot be reached or queried (URL shown without password)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"database {url} is not reachable: {reason}")
+
+
+class EmptyDatabaseError(QualityError, RuntimeError):
+    """The DB is reachable but has no schema or no data yet."""
+
+    def __init__(self, url: str, hint: str = "run `quality demo` or `quality ingest URI`") -> None:
+        self.url = url
+        super().__init__(f"database {url} has no data yet: {hint}")
