@@ -32,8 +32,8 @@ def test_migration_matches_models(engine):
 def test_every_foreign_key_is_indexed(engine):
     insp = inspect(engine)
     for table in Base.metadata.tables:
-        indexed = {tuple(ix["column_names"])[0] for ix in insp.get_indexes(table)}
-        indexed |= {tuple(u["column_names"])[0] for u in insp.get_unique_constraints(table)}
+        indexed = {ix["column_names"][0] for ix in insp.get_indexes(table)}
+        indexed |= {u["column_names"][0] for u in insp.get_unique_constraints(table)}
         for fk in insp.get_foreign_keys(table):
             assert fk["constrained_columns"][0] in indexed, (table, fk["constrained_columns"])
 
