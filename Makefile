@@ -1,0 +1,50 @@
+# Quality Workbench — two commands set everything up on a fresh machine:
+#   make run    install, build the demo data when missing, start the app on 127.0.0.1:8501
+#   make test   install, then run the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSSTAMP := .stamp-system
+DEMO_DB := data_samples/demo.db
+PORT ?= 8501
+PYTEST_ARGS ?=
+# torch: the CPU wheel pin on machines without CUDA (any other spec pulls GBs of CUDA wheels).
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+
+.PHONY: install system-deps demo run test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+# Debian packages the tests talk to (a real PostgreSQL). Installed only when missing.
+system-deps:
+	@bash scripts/system-deps.sh
+
+demo: install
+	@if [ ! -f $(DEMO_DB) ] || [ ! -f data_samples/demo_truth.json ]; then \
+		echo "building demo data into data_samples/ ..."; \
+		$(BIN)/quality demo --out data_samples --seed 0 --size small; \
+	fi
+
+run: demo
+	$(BIN)/quality app --port $(PORT)
+
+test: install system-deps
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install demo
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache data_samples/dicom $(DEMO_DB)* data_samples/demo_truth.json
