@@ -15,8 +15,8 @@ Contract
   files of the unfinished batches.
 * **Changed files** (size or mtime differ) are parsed again: the image row is updated in
   place (same id, so annotations stay attached). A file that ingests fine removes its error
-  row; a file that was indexed and is now unreadable loses its image row (with what cascades
-  from it) and gets an error row, so that each URI lives in exactly one of the two tables.
+  row; a file that was indexed and is now unreadable keeps its image row (deleting it would
+  cascade to annotations and predictions) and gets an error row that says what is wrong.
 * **Sources** are named after the first folder below the store root
   (``<root>/<source>/<study>/<series>/<file>``, as ``quality demo`` writes them); files directly
   in the root belong to the source ``"unknown"``. InstitutionName and StationName are PHI
@@ -289,9 +289,9 @@ class _Writer:
 
         for chunk in _chunks(uris):
             s.execute(delete(IngestError).where(IngestError.uri.in_(chunk)))
-        gone = [by_uri[row["uri"]][0] for row in errors if row["uri"] in by_uri]
-        for chunk in _chunks(gone):
-            s.execute(delete(Image).where(Image.id.in_(chunk)))
+        # A file that was indexed before and is broken now keeps its image row: deleting it
+        # would cascade to the doctors' annotations and predictions. The error row says what
+        # is wrong; its stale size/mtime makes the next run look at the file again.
 
         if to_write:
             self._resolve_parents(to_write)
