@@ -6,6 +6,7 @@ __all__ = [
     "DatabaseUnavailableError",
     "DicomReadError",
     "EmptyDatabaseError",
+    "LabelDataError",
     "QualityError",
     "StoreError",
 ]
@@ -55,3 +56,19 @@ class EmptyDatabaseError(QualityError, RuntimeError):
     def __init__(self, url: str, hint: str = "run `quality demo` or `quality ingest URI`") -> None:
         self.url = url
         super().__init__(f"database {url} has no data yet: {hint}")
+
+
+class LabelDataError(QualityError, ValueError):
+    """Label or mask input that an agreement statistic cannot use.
+
+    Parameters
+    ----------
+    source : what the input is (a frame name, a task, a file).
+    field : the column or field at fault.
+    message : what is wrong, naming the row where there is one.
+    """
+
+    def __init__(self, source: str, field: str, message: str) -> None:
+        self.source = source
+        self.field = field
+        super().__init__(f"{source}: {field}: {message}" if field else f"{source}: {message}")
