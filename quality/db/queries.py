@@ -1,0 +1,612 @@
+"""Read-side queries for the app's pages and the CLI, with aggregation pushed into the DB.
+
+Every function takes a :class:`~sqlalchemy.orm.Session` and returns a small
+:class:`pandas.DataFrame` (or a dataclass). Counts, maxima and groupings run in SQL
+(``GROUP BY``, ``COUNT``, ``MAX``, window functions), pagination is ``LIMIT``/``OFFSET``,
+and filter values always travel as bound parameters, never formatted into SQL text. No
+function pulls a whole table into Python.
+
+Which function for which page
+-----------------------------
+- :func:`dataset_overview` / :func:`store_totals` / :func:`images_by_source` /
+  :func:`ingest_error_summary`: the Overview page (datasets as data products).
+- :func:`list_datasets`: the sidebar's dataset picker.
+- :func:`filter_options` / :func:`studies_page` / :func:`study_images`: the Browser page.
+
+Errors
+------
+A DB that cannot be reached raises :class:`~quality.errors.DatabaseUnavailableError`; a DB
+without the schema raises :class:`~quality.errors.EmptyDatabaseError`. Both name the
+password-free URL, so a page can show them plainly.
+
+Freshness
+---------
+A dataset's ``last_update`` is the newest of: its ``updated_at``, its newest version's
+``created_at``, the newest ``ingested_at`` of an image in its newest version, and the
+newest ``created_at`` of an annotation in one of its labeling tasks. Its ``age_days`` is
+the time since then, and its ``freshness`` is
+
+- ``fresh`` when ``age_days <= FRESH_DAYS`` (7),
+- ``aging`` when ``FRESH_DAYS < age_days <= STALE_DAYS`` (30),
+- ``stale`` when ``age_days > STALE_DAYS``,
+- ``unknown`` when the dataset has no timestamp at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, cast
+
+import pandas as pd
+from sqlalchemy import Select, distinct, func, select
+from sqlalchemy.exc import OperationalError, ProgrammingError
+from sqlalchemy.orm import Session
+
+from quality.db.schema import (
+    Annotation,
+    Dataset,
+    DatasetItem,
+    DatasetVersion,
+    Image,
+    IngestError,
+    LabelingTask,
+    Prediction,
+    Series,
+    Source,
+    Study,
+)
+from quality.db.session import safe_url
+from quality.errors import DatabaseUnavailableError, EmptyDatabaseError
+
+__all__ = [
+    "FRESH_DAYS",
+    "MAX_PAGE_SIZE",
+    "OVERVIEW_COLUMNS",
+    "STALE_DAYS",
+    "STUDY_COLUMNS",
+    "STUDY_IMAGE_COLUMNS",
+    "StoreTotals",
+    "dataset_overview",
+    "filter_options",
+    "freshness_status",
+    "images_by_source",
+    "ingest_error_summary",
+    "list_datasets",
+    "store_totals",
+    "studies_page",
+    "study_images",
+]
+
+FRESH_DAYS = 7.0
+"""A dataset updated at most this many days ago is ``fresh``."""
+STALE_DAYS = 30.0
+"""A dataset not updated for more than this many days is ``stale`` (between: ``aging``)."""
+MAX_PAGE_SIZE = 500
+
+OVERVIEW_COLUMNS = [
+    "dataset_id",
+    "name",
+    "owner",
+    "license",
+    "description",
+    "n_versions",
+    "latest_version",
+    "n_images",
+    "n_studies",
+    "n_patients",
+    "n_annotations",
+    "n_predictions",
+    "last_update",
+    "age_days",
+    "freshness",
+]
+STUDY_COLUMNS = [
+    "study_uid",
+    "patient_key",
+    "modality",
+    "body_part",
+    "study_date",
+    "source",
+    "n_series",
+    "n_images",
+]
+STUDY_IMAGE_COLUMNS = [
+    "image_id",
+    "sop_uid",
+    "series_uid",
+    "series_number",
+    "series_description",
+    "modality",
+    "instance_number",
+    "uri",
+    "rows",
+    "cols",
+    "photometric",
+    "n_frames",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+# PostgreSQL's SQLSTATE for "relation does not exist".
+_PG_UNDEFINED_TABLE = "42P01"
+
+
+def _db_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn driver errors into the domain errors that pages show plainly.
+
+    The wrapped function's first argument must be the :class:`Session`.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        session = cast(Session, args[0] if args else kwargs["session"])
+        try:
+            return fn(*args, **kwargs)
+        except (OperationalError, ProgrammingError) as exc:
+            session.rollback()
+            url = safe_url(session.get_bind())  # type: ignore[arg-type]
+            reason = str(exc.orig).strip()
+            if _is_missing_table(exc):
+                raise EmptyDatabaseError(url) from exc
+            if isinstance(exc, OperationalError):
+                raise DatabaseUnavailableError(url, reason) from exc
+            raise
+
+    return wrapper
+
+
+def _is_missing_table(exc: OperationalError | ProgrammingError) -> bool:
+    if getattr(exc.orig, "sqlstate", None) == _PG_UNDEFINED_TABLE:
+        return True
+    return "no such table" in str(exc.orig).lower()
+
+
+def _as_utc(value: Any) -> dt.datetime | None:
+    """SQLite hands back naive datetimes, PostgreSQL aware ones: normalise to aware UTC."""
+    if value is None or (not isinstance(value, dt.datetime) and pd.isna(value)):
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def freshness_status(age_days: float | None) -> str:
+    """``fresh``, ``aging``, ``stale`` or ``unknown`` for an age in days (see module docs)."""
+    if age_days is None or pd.isna(age_days):
+        return "unknown"
+    if age_days <= FRESH_DAYS:
+        return "fresh"
+    if age_days <= STALE_DAYS:
+        return "aging"
+    return "stale"
+
+
+def _latest_versions() -> Any:
+    """Subquery: the newest version of every dataset (``dataset_id, version_id, version``)."""
+    ranked = select(
+        DatasetVersion.dataset_id,
+        DatasetVersion.id.label("version_id"),
+        DatasetVersion.version,
+        DatasetVersion.created_at,
+        func.row_number()
+        .over(
+            partition_by=DatasetVersion.dataset_id,
+            order_by=(DatasetVersion.created_at.desc(), DatasetVersion.id.desc()),
+        )
+        .label("rn"),
+    ).subquery("ranked_versions")
+    return (
+        select(ranked.c.dataset_id, ranked.c.version_id, ranked.c.version, ranked.c.created_at)
+        .where(ranked.c.rn == 1)
+        .subquery("latest_versions")
+    )
+
+
+def _latest_version_id(dataset_id: int) -> Any:
+    """Scalar subquery: id of the newest version of ``dataset_id`` (bound parameter)."""
+    return (
+        select(DatasetVersion.id)
+        .where(DatasetVersion.dataset_id == dataset_id)
+        .order_by(DatasetVersion.created_at.desc(), DatasetVersion.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+
+
+def _dataset_study_ids(dataset_id: int) -> Select[Any]:
+    """Ids of the studies with at least one image in the newest version of ``dataset_id``."""
+    return (
+        select(Series.study_id)
+        .join(Image, Image.series_id == Series.id)
+        .join(DatasetItem, DatasetItem.image_id == Image.id)
+        .where(DatasetItem.version_id == _latest_version_id(dataset_id))
+    )
+
+
+@_db_errors
+def list_datasets(session: Session) -> pd.DataFrame:
+    """All datasets, for pickers: columns ``dataset_id, name``, ordered by name."""
+    rows = session.execute(
+        select(Dataset.id.label("dataset_id"), Dataset.name).order_by(Dataset.name)
+    ).all()
+    return pd.DataFrame(rows, columns=["dataset_id", "name"])
+
+
+@_db_errors
+def dataset_overview(session: Session, *, now: dt.datetime | None = None) -> pd.DataFrame:
+    """One row per dataset, as a data product: who owns it, what is in it, how fresh it is.
+
+    Image, study, patient and prediction counts are over the dataset's newest version;
+    annotation counts are over the dataset's labeling tasks.
+
+    Parameters
+    ----------
+    session : an open session.
+    now : the reference time for ``age_days`` (default: now, UTC).
+
+    Returns
+    -------
+    DataFrame with :data:`OVERVIEW_COLUMNS`, ordered by name. ``last_update`` is an aware
+    UTC datetime (or None), ``age_days`` a float (NaN without timestamps), ``freshness``
+    one of ``fresh``, ``aging``, ``stale``, ``unknown``.
+    """
+    now = _as_utc(now) or dt.datetime.now(dt.UTC)
+    latest = _latest_versions()
+
+    n_versions = (
+        select(DatasetVersion.dataset_id, func.count(DatasetVersion.id).label("n_versions"))
+        .group_by(DatasetVersion.dataset_id)
+        .subquery("n_versions")
+    )
+    content = (
+        select(
+            latest.c.dataset_id,
+            func.count(distinct(DatasetItem.image_id)).label("n_images"),
+            func.count(distinct(Study.id)).label("n_studies"),
+            func.count(distinct(Study.patient_key)).label("n_patients"),
+            func.max(Image.ingested_at).label("max_ingested"),
+        )
+        .join(DatasetItem, DatasetItem.version_id == latest.c.version_id)
+        .join(Image, Image.id == DatasetItem.image_id)
+        .join(Series, Series.id == Image.series_id)
+        .join(Study, Study.id == Series.study_id)
+        .group_by(latest.c.dataset_id)
+        .subquery("content")
+    )
+    labels = (
+        select(
+            LabelingTask.dataset_id,
+            func.count(Annotation.id).label("n_annotations"),
+            func.max(Annotation.created_at).label("max_annotated"),
+        )
+        .join(Annotation, Annotation.task_id == LabelingTask.id)
+        .group_by(LabelingTask.dataset_id)
+        .subquery("labels")
+    )
+    preds = (
+        select(latest.c.dataset_id, func.count(Prediction.id).label("n_predictions"))
+        .join(DatasetItem, DatasetItem.version_id == latest.c.version_id)
+        .join(Prediction, Prediction.image_id == DatasetItem.image_id)
+        .group_by(latest.c.dataset_id)
+        .subquery("preds")
+    )
+    stmt = (
+        select(
+            Dataset.id.label("dataset_id"),
+            Dataset.name,
+            Dataset.owner,
+            Dataset.license,
+            Dataset.description,
+            func.coalesce(n_versions.c.n_versions, 0).label("n_versions"),
+            latest.c.version.label("latest_version"),
+            func.coalesce(content.c.n_images, 0).label("n_images"),
+            func.coalesce(content.c.n_studies, 0).label("n_studies"),
+            func.coalesce(content.c.n_patients, 0).label("n_patients"),
+            func.coalesce(labels.c.n_annotations, 0).label("n_annotations"),
+            func.coalesce(preds.c.n_predictions, 0).label("n_predictions"),
+            Dataset.updated_at,
+            latest.c.created_at.label("version_created"),
+            content.c.max_ingested,
+            labels.c.max_annotated,
+        )
+        .outerjoin(n_versions, n_versions.c.dataset_id == Dataset.id)
+        .outerjoin(latest, latest.c.dataset_id == Dataset.id)
+        .outerjoin(content, content.c.dataset_id == Dataset.id)
+        .outerjoin(labels, labels.c.dataset_id == Dataset.id)
+        .outerjoin(preds, preds.c.dataset_id == Dataset.id)
+        .order_by(Dataset.name)
+    )
+    records = []
+    # One row per dataset: combining four per-dataset maxima here is not a table scan.
+    for row in session.execute(stmt).mappings():
+        stamps = [
+            s
+            for s in (
+                _as_utc(row["updated_at"]),
+                _as_utc(row["version_created"]),
+                _as_utc(row["max_ingested"]),
+                _as_utc(row["max_annotated"]),
+            )
+            if s is not None
+        ]
+        last = max(stamps) if stamps else None
+        age = (now - last).total_seconds() / 86400.0 if last else float("nan")
+        rec = {k: row[k] for k in OVERVIEW_COLUMNS[:12]}
+        rec.update(last_update=last, age_days=age, freshness=freshness_status(age))
+        records.append(rec)
+    df = pd.DataFrame(records, columns=OVERVIEW_COLUMNS)
+    counts = ["n_versions", "n_images", "n_studies", "n_patients", "n_annotations"]
+    for col in [*counts, "n_predictions"]:
+        df[col] = df[col].astype("int64")
+    return df
+
+
+@dataclass(frozen=True)
+class StoreTotals:
+    """Counts over the whole annotation DB (all datasets and unassigned images)."""
+
+    n_datasets: int
+    n_sources: int
+    n_studies: int
+    n_patients: int
+    n_series: int
+    n_images: int
+    n_ingest_errors: int
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing has been indexed and no dataset exists."""
+        return self.n_images == 0 and self.n_datasets == 0 and self.n_ingest_errors == 0
+
+
+@_db_errors
+def store_totals(session: Session) -> StoreTotals:
+    """Whole-DB counts in one round trip of scalar subqueries."""
+
+    def n(stmt: Select[Any]) -> Any:
+        return stmt.scalar_subquery()
+
+    row = session.execute(
+        select(
+            n(select(func.count(Dataset.id))),
+            n(select(func.count(Source.id))),
+            n(select(func.count(Study.id))),
+            n(select(func.count(distinct(Study.patient_key)))),
+            n(select(func.count(Series.id))),
+            n(select(func.count(Image.id))),
+            n(select(func.count(IngestError.id))),
+        )
+    ).one()
+    return StoreTotals(*(int(v or 0) for v in row))
+
+
+@_db_errors
+def images_by_source(session: Session, dataset_id: int | None = None) -> pd.DataFrame:
+    """Image counts per source and modality: columns ``source, modality, n_images``.
+
+    With ``dataset_id``, only the images in that dataset's newest version count. Images of a
+    study without a source show as source ``(unknown)``.
+    """
+    stmt = (
+        select(
+            func.coalesce(Source.name, "(unknown)").label("source"),
+            func.coalesce(Study.modality, "(unknown)").label("modality"),
+            func.count(Image.id).label("n_images"),
+        )
+        .select_from(Image)
+        .join(Series, Series.id == Image.series_id)
+        .join(Study, Study.id == Series.study_id)
+        .outerjoin(Source, Source.id == Study.source_id)
+        .group_by(Source.name, Study.modality)
+        .order_by(Source.name, Study.modality)
+    )
+    if dataset_id is not None:
+        stmt = stmt.join(DatasetItem, DatasetItem.image_id == Image.id).where(
+            DatasetItem.version_id == _latest_version_id(dataset_id)
+        )
+    rows = session.execute(stmt).all()
+    df = pd.DataFrame(rows, columns=["source", "modality", "n_images"])
+    df["n_images"] = df["n_images"].astype("int64")
+    return df
+
+
+@_db_errors
+def filter_options(session: Session, dataset_id: int | None = None) -> dict[str, Any]:
+    """Values for the Browser's filters.
+
+    Returns
+    -------
+    dict with ``sources`` (sorted names), ``modalities`` (sorted codes), ``date_min`` and
+    ``date_max`` (:class:`datetime.date` or None). With ``dataset_id``, only the studies
+    with an image in the dataset's newest version count.
+    """
+    scope = select(Study.id)
+    if dataset_id is not None:
+        scope = scope.where(Study.id.in_(_dataset_study_ids(dataset_id)))
+    scoped = Study.id.in_(scope)
+    sources = session.scalars(
+        select(Source.name)
+        .distinct()
+        .join(Study, Study.source_id == Source.id)
+        .where(scoped)
+        .order_by(Source.name)
+    ).all()
+    modalities = session.scalars(
+        select(Study.modality)
+        .distinct()
+        .where(scoped, Study.modality.is_not(None))
+        .order_by(Study.modality)
+    ).all()
+    date_min, date_max = session.execute(
+        select(func.min(Study.study_date), func.max(Study.study_date)).where(scoped)
+    ).one()
+    return {
+        "sources": list(sources),
+        "modalities": list(modalities),
+        "date_min": _as_date(date_min),
+        "date_max": _as_date(date_max),
+    }
+
+
+def _as_date(value: Any) -> dt.date | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    return dt.date.fromisoformat(str(value))
+
+
+@_db_errors
+def studies_page(
+    session: Session,
+    *,
+    dataset_id: int | None = None,
+    sources: Sequence[str] | None = None,
+    modalities: Sequence[str] | None = None,
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    page: int = 0,
+    page_size: int = 25,
+) -> tuple[pd.DataFrame, int]:
+    """One page of studies matching the filters, and how many match in all.
+
+    The page is cut in SQL (``LIMIT``/``OFFSET`` over ``study_date DESC, id``) before the
+    per-study series and image counts are computed, so its cost does not grow with the
+    number of studies; the total is a separate ``COUNT`` query. Every filter value is a
+    bound parameter.
+
+    Parameters
+    ----------
+    session : an open session.
+    dataset_id : only studies with an image in this dataset's newest version.
+    sources : source names to keep (None or empty: all).
+    modalities : modality codes to keep (None or empty: all).
+    date_from, date_to : inclusive bounds on ``study_date`` (None: open).
+    page : zero-based page number.
+    page_size : rows per page, 1 to :data:`MAX_PAGE_SIZE`.
+
+    Returns
+    -------
+    (DataFrame with :data:`STUDY_COLUMNS`, total number of matching studies)
+
+    Raises
+    ------
+    ValueError : for a negative ``page`` or a ``page_size`` out of range.
+    """
+    if page < 0:
+        raise ValueError(f"page must be >= 0, not {page}")
+    if not 1 <= page_size <= MAX_PAGE_SIZE:
+        raise ValueError(f"page_size must be between 1 and {MAX_PAGE_SIZE}, not {page_size}")
+
+    conditions: list[Any] = []
+    if dataset_id is not None:
+        conditions.append(Study.id.in_(_dataset_study_ids(dataset_id)))
+    if sources:
+        conditions.append(
+            Study.source_id.in_(select(Source.id).where(Source.name.in_(list(sources))))
+        )
+    if modalities:
+        conditions.append(Study.modality.in_(list(modalities)))
+    if date_from is not None:
+        conditions.append(Study.study_date >= date_from)
+    if date_to is not None:
+        conditions.append(Study.study_date <= date_to)
+
+    total = session.scalar(select(func.count(Study.id)).where(*conditions)) or 0
+
+    order = (Study.study_date.desc().nulls_last(), Study.id)
+    page_ids = (
+        select(Study.id)
+        .where(*conditions)
+        .order_by(*order)
+        .limit(page_size)
+        .offset(page * page_size)
+        .subquery("page_ids")
+    )
+    n_series = select(func.count(Series.id)).where(Series.study_id == Study.id).scalar_subquery()
+    n_images = (
+        select(func.count(Image.id))
+        .join(Series, Series.id == Image.series_id)
+        .where(Series.study_id == Study.id)
+        .scalar_subquery()
+    )
+    stmt = (
+        select(
+            Study.study_uid,
+            Study.patient_key,
+            Study.modality,
+            Study.body_part,
+            Study.study_date,
+            Source.name.label("source"),
+            n_series.label("n_series"),
+            n_images.label("n_images"),
+        )
+        .join(page_ids, page_ids.c.id == Study.id)
+        .outerjoin(Source, Source.id == Study.source_id)
+        .order_by(*order)
+    )
+    df = pd.DataFrame(session.execute(stmt).all(), columns=STUDY_COLUMNS)
+    df["study_date"] = df["study_date"].map(_as_date)
+    for col in ("n_series", "n_images"):
+        df[col] = df[col].astype("int64")
+    return df, int(total)
+
+
+@_db_errors
+def study_images(session: Session, study_uid: str) -> pd.DataFrame:
+    """The images of one study, by series number then instance number.
+
+    Returns
+    -------
+    DataFrame with :data:`STUDY_IMAGE_COLUMNS` (empty for an unknown ``study_uid``).
+    """
+    stmt = (
+        select(
+            Image.id.label("image_id"),
+            Image.sop_uid,
+            Series.series_uid,
+            Series.series_number,
+            Series.description.label("series_description"),
+            func.coalesce(Series.modality, Study.modality).label("modality"),
+            Image.instance_number,
+            Image.uri,
+            Image.rows,
+            Image.cols,
+            Image.photometric,
+            Image.n_frames,
+        )
+        .join(Series, Series.id == Image.series_id)
+        .join(Study, Study.id == Series.study_id)
+        .where(Study.study_uid == study_uid)
+        .order_by(
+            Series.series_number.asc().nulls_last(),
+            Series.id,
+            Image.instance_number.asc().nulls_last(),
+            Image.id,
+        )
+    )
+    return pd.DataFrame(session.execute(stmt).all(), columns=STUDY_IMAGE_COLUMNS)
+
+
+@_db_errors
+def ingest_error_summary(session: Session) -> pd.DataFrame:
+    """Ingest errors per kind: columns ``kind, count``, most frequent first."""
+    n = func.count(IngestError.id)
+    rows = session.execute(
+        select(IngestError.kind, n.label("count"))
+        .group_by(IngestError.kind)
+        .order_by(n.desc(), IngestError.kind)
+    ).all()
+    df = pd.DataFrame(rows, columns=["kind", "count"])
+    df["count"] = df["count"].astype("int64")
+    return df

@@ -1,0 +1,260 @@
+"""Cached data access for the pages, and the guard that keeps tracebacks off the screen.
+
+The engine is a :func:`st.cache_resource` keyed by the DB URL; query results are
+:func:`st.cache_data` with a 60 s time-to-live, keyed by the URL and the (hashable) query
+arguments, so a change of ``QUALITY_DB_URL`` never serves another DB's rows.
+
+Pages wrap their data access in :func:`db_guard` (or call :func:`require_data` first): an
+unreachable DB shows ``st.error``, an empty one ``st.info``, and the page stops there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn, TypeVar
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from quality.config import get_settings
+from quality.db import queries
+from quality.db.session import make_engine, safe_url, session_scope
+from quality.errors import DatabaseUnavailableError, EmptyDatabaseError
+
+__all__ = [
+    "QUERY_TTL_S",
+    "clear_caches",
+    "db_guard",
+    "db_url",
+    "filter_options",
+    "get_engine",
+    "images_by_source",
+    "ingest_errors",
+    "list_datasets",
+    "overview",
+    "require_data",
+    "show_empty",
+    "show_unavailable",
+    "store_totals",
+    "studies_page",
+    "study_images",
+]
+
+QUERY_TTL_S = 60
+T = TypeVar("T")
+
+
+def db_url() -> str:
+    """The configured DB URL (``QUALITY_DB_URL``, secrets, else the demo DB)."""
+    return get_settings().db_url
+
+
+def _display_url(url: str) -> str:
+    try:
+        return safe_url(url)
+    except ArgumentError:
+        return "(the configured QUALITY_DB_URL)"
+
+
+@st.cache_resource(show_spinner=False)
+def _engine(url: str) -> Engine:
+    return make_engine(url)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The shared engine for ``url`` (default: :func:`db_url`).
+
+    Raises
+    ------
+    DatabaseUnavailableError
+        The URL is malformed, names a driver that is not installed, or a SQLite path that
+        cannot be created.
+    """
+    url = url or db_url()
+    try:
+        return _engine(url)
+    except (ArgumentError, NoSuchModuleError, OSError) as exc:
+        raise DatabaseUnavailableError(_display_url(url), str(exc)) from exc
+
+
+def _run(url: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    with session_scope(get_engine(url)) as session:
+        return fn(session, *args, **kwargs)
+
+
+@st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
+def _store_totals(url: str) -> queries.StoreTotals:
+    return _run(url, queries.store_totals)
+
+
+@st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
+def _overview(url: str) -> pd.DataFrame:
+    return _run(url, queries.dataset_overview)
+
+
+@st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
+def _list_datasets(url: str) -> pd.DataFrame:
+    return _run(url, queries.list_datasets)
+
+
+@st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
+def _images_by_source(url: str, dataset_id: int | None) -> pd.DataFrame:
+    return _run(url, queries.images_by_source, dataset_id)
+
+
+@st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
+def _ingest_errors(url: str) -> pd.DataFrame:
+    return _run(url, queries.ingest_error_summary)
+
+
+@st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
+def _filter_options(url: str, dataset_id: int | None) -> dict[str, Any]:
+    return _run(url, queries.filter_options, dataset_id)
+
+
+@st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
+def _studies_page(
+    url: str,
+    dataset_id: int | None,
+    sources: tuple[str, ...],
+    modalities: tuple[str, ...],
+    date_from: dt.date | None,
+    date_to: dt.date | None,
+    page: int,
+    page_size: int,
+) -> tuple[pd.DataFrame, int]:
+    return _run(
+        url,
+        queries.studies_page,
+        dataset_id=dataset_id,
+        sources=sources,
+        modalities=modalities,
+        date_from=date_from,
+        date_to=date_to,
+        page=page,
+        page_size=page_size,
+    )
+
+
+@st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
+def _study_images(url: str, study_uid: str) -> pd.DataFrame:
+    return _run(url, queries.study_images, study_uid)
+
+
+def store_totals() -> queries.StoreTotals:
+    """Whole-DB counts (cached)."""
+    return _store_totals(db_url())
+
+
+def overview() -> pd.DataFrame:
+    """:func:`quality.db.queries.dataset_overview` (cached)."""
+    return _overview(db_url())
+
+
+def list_datasets() -> pd.DataFrame:
+    """:func:`quality.db.queries.list_datasets` (cached)."""
+    return _list_datasets(db_url())
+
+
+def images_by_source(dataset_id: int | None) -> pd.DataFrame:
+    """:func:`quality.db.queries.images_by_source` (cached)."""
+    return _images_by_source(db_url(), dataset_id)
+
+
+def ingest_errors() -> pd.DataFrame:
+    """:func:`quality.db.queries.ingest_error_summary` (cached)."""
+    return _ingest_errors(db_url())
+
+
+def filter_options(dataset_id: int | None) -> dict[str, Any]:
+    """:func:`quality.db.queries.filter_options` (cached)."""
+    return _filter_options(db_url(), dataset_id)
+
+
+def studies_page(
+    *,
+    dataset_id: int | None = None,
+    sources: tuple[str, ...] = (),
+    modalities: tuple[str, ...] = (),
+    date_from: dt.date | None = None,
+    date_to: dt.date | None = None,
+    page: int = 0,
+    page_size: int = 25,
+) -> tuple[pd.DataFrame, int]:
+    """:func:`quality.db.queries.studies_page` (cached); filters as tuples so they hash."""
+    return _studies_page(
+        db_url(),
+        dataset_id,
+        tuple(sources),
+        tuple(modalities),
+        date_from,
+        date_to,
+        page,
+        page_size,
+    )
+
+
+def study_images(study_uid: str) -> pd.DataFrame:
+    """:func:`quality.db.queries.study_images` (cached)."""
+    return _study_images(db_url(), study_uid)
+
+
+def clear_caches() -> None:
+    """Drop cached query results and engines (tests; after a write)."""
+    st.cache_data.clear()
+    st.cache_resource.clear()
+
+
+# --------------------------------------------------------------------------- guard
+
+
+def show_empty(exc: EmptyDatabaseError) -> NoReturn:
+    """Say plainly that the DB has no data and how to get some, then stop the page."""
+    st.info(
+        f"The database `{exc.url}` has no data yet — run `make run` or `quality demo` to "
+        "generate the demo data, or `quality ingest FOLDER` to index your own DICOM files.",
+        icon="ℹ️",
+    )
+    st.stop()
+
+
+def show_unavailable(exc: DatabaseUnavailableError) -> NoReturn:
+    """Say plainly which DB cannot be reached and why, then stop the page."""
+    reason = exc.reason.strip().splitlines()[0] if exc.reason.strip() else "no reason given"
+    st.error(
+        f"Cannot reach the database `{exc.url}`: {reason}\n\n"
+        "Check `QUALITY_DB_URL` (or `db_url` under `[quality]` in `.streamlit/secrets.toml`) "
+        "and that the database server is running.",
+        icon="🚫",
+    )
+    st.stop()
+
+
+@contextlib.contextmanager
+def db_guard() -> Iterator[None]:
+    """Run a block of data access; DB trouble becomes a message and stops the page.
+
+    Examples
+    --------
+    >>> with db_guard():  # doctest: +SKIP
+    ...     df = overview()
+    """
+    try:
+        yield
+    except EmptyDatabaseError as exc:
+        show_empty(exc)
+    except DatabaseUnavailableError as exc:
+        show_unavailable(exc)
+
+
+def require_data() -> queries.StoreTotals:
+    """Whole-DB counts, or a message and a stop when the DB is unreachable, blank or empty."""
+    with db_guard():
+        totals = store_totals()
+        if totals.is_empty:
+            raise EmptyDatabaseError(_display_url(db_url()))
+    return totals
