@@ -168,6 +168,89 @@ def ingest(
     _emit(payload, as_json, lambda: out.print_json(data=payload))
 
 
+TaskOpt = Annotated[str, typer.Option("--task", help="Labeling task: its id or its name.")]
+
+
+def _resolve_task(session: Any, task: str) -> int:
+    """The id of ``task`` (an id or a unique name); a QualityError listing the valid ones."""
+    from quality.db.queries import list_tasks
+    from quality.errors import LabelDataError
+
+    tasks = list_tasks(session)
+    valid = ", ".join(f"{i} ({n})" for i, n in zip(tasks["id"], tasks["name"], strict=True))
+    by_id = tasks.loc[tasks["id"].astype(str) == task.strip()]
+    hits = by_id if len(by_id) else tasks.loc[tasks["name"] == task]
+    if len(hits) == 1:
+        return int(hits["id"].iloc[0])
+    what = "is ambiguous (use the id)" if len(hits) > 1 else "does not exist"
+    raise LabelDataError("--task", "", f"task {task!r} {what}; valid: {valid or 'none'}")
+
+
+@app.command()
+def doctors(
+    task: TaskOpt,
+    fmt: Annotated[str, typer.Option("--format", help="md | html | csv")] = "md",
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the report here instead of stdout.")
+    ] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Doctor-quality report of a labeling task: ranking, flags, CIs (exit 0: a report is
+    not a check)."""
+    from sqlalchemy.orm import Session
+
+    from quality.doctors import build_doctor_report
+
+    if fmt not in ("md", "html", "csv"):
+        raise _fail(f"--format must be one of md, html, csv, not {fmt!r}")
+    engine = _engine(db)
+    try:
+        with Session(engine) as session:
+            report = build_doctor_report(session, _resolve_task(session, task))
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    text = {"md": report.to_markdown, "html": report.to_html, "csv": report.to_csv}[fmt]()
+    if out_file is not None:
+        out_file.write_text(text, encoding="utf-8")
+    if as_json:
+        _emit(report.as_dict(), True, lambda: None)
+    elif out_file is None:
+        sys.stdout.write(text)
+    else:
+        err.print(f"wrote {out_file}", highlight=False)
+
+
+@app.command()
+def agreement(task: TaskOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """Agreement of a labeling task: alpha with CI, percent agreement, Fleiss, pairwise kappa."""
+    from sqlalchemy.orm import Session
+
+    from quality.agreement.summary import build_agreement_summary
+
+    engine = _engine(db)
+    try:
+        with Session(engine) as session:
+            summary = build_agreement_summary(session, _resolve_task(session, task))
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+
+    def human() -> None:
+        a = summary.alpha
+        fleiss = "n/a" if summary.fleiss is None else f"{summary.fleiss:.3f}"
+        out.print(f"task {summary.task.name!r} (id {summary.task.id}, {summary.task.kind})")
+        out.print(
+            f"Krippendorff alpha (nominal): {a['estimate']:.3f} "
+            f"[{a['low']:.3f}, {a['high']:.3f}] over {a['n_items']} items, "
+            f"{a['n_annotators']} annotators"
+        )
+        out.print(f"percent agreement: {summary.percent_agreement:.3f}; Fleiss kappa: {fleiss}")
+        out.print("pairwise Cohen's kappa (diagonal 1 by convention; blank: too few shared):")
+        sys.stdout.write(summary.pairwise_kappa.round(2).to_string(na_rep="") + "\n")
+
+    _emit(summary.as_dict(), as_json, human)
+
+
 @app.command("app")
 def run_app(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,

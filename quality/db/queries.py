@@ -41,12 +41,14 @@ from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, cast
 
 import pandas as pd
-from sqlalchemy import Select, distinct, func, select
+from sqlalchemy import Date, Select, and_, distinct, func, literal, select
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
 from quality.db.schema import (
     Annotation,
+    Annotator,
     Dataset,
     DatasetItem,
     DatasetVersion,
@@ -54,6 +56,7 @@ from quality.db.schema import (
     IngestError,
     LabelingTask,
     Prediction,
+    ReferenceLabel,
     Series,
     Source,
     Study,
@@ -609,4 +612,273 @@ def ingest_error_summary(session: Session) -> pd.DataFrame:
     ).all()
     df = pd.DataFrame(rows, columns=["kind", "count"])
     df["count"] = df["count"].astype("int64")
+    return df
+
+
+# --------------------------------------------------------------------------- labeling tasks
+#
+# Which function for which page
+# - :func:`list_tasks`: task pickers of the Doctors and Agreement pages, ``quality doctors``.
+# - :func:`task_labels` / :func:`reference_labels_frame`: the inputs of
+#   :func:`quality.doctors.build_doctor_report` and
+#   :func:`quality.agreement.summary.build_agreement_summary` (long label contract).
+# - :func:`image_refs`: thumbnails of the worst-disagreement galleries.
+# - :func:`annotations_per_week`: the throughput columns of the team table.
+
+__all__ += [
+    "REFERENCE_KINDS",
+    "TASK_COLUMNS",
+    "TASK_LABEL_COLUMNS",
+    "annotations_per_week",
+    "image_refs",
+    "list_tasks",
+    "reference_labels_frame",
+    "task_labels",
+]
+
+REFERENCE_KINDS = ("gold", "exam")
+TASK_COLUMNS = [
+    "id",
+    "name",
+    "kind",
+    "classes",
+    "dataset_id",
+    "dataset",
+    "n_annotations",
+    "n_images",
+    "n_annotators",
+]
+TASK_LABEL_COLUMNS = [
+    "item_id",
+    "annotator_id",
+    "label",
+    "bbox",
+    "created_at",
+    "duration_s",
+    "annotator_kind",
+]
+# Bound parameters per IN list: well under SQLite's 32766 and PostgreSQL's 65535.
+_IN_CHUNK = 1000
+
+
+@_db_errors
+def list_tasks(session: Session, dataset_id: int | None = None) -> pd.DataFrame:
+    """Labeling tasks with their annotation counts, for pickers.
+
+    Parameters
+    ----------
+    session : an open session.
+    dataset_id : only the tasks of this dataset (None: all).
+
+    Returns
+    -------
+    DataFrame with :data:`TASK_COLUMNS`, ordered by dataset name then task name: ``classes``
+    is a list, ``n_annotations`` the number of annotation rows, ``n_images`` and
+    ``n_annotators`` distinct counts (all 0 for a task without annotations).
+    """
+    counts = (
+        select(
+            Annotation.task_id,
+            func.count(Annotation.id).label("n_annotations"),
+            func.count(distinct(Annotation.image_id)).label("n_images"),
+            func.count(distinct(Annotation.annotator_id)).label("n_annotators"),
+        )
+        .group_by(Annotation.task_id)
+        .subquery("task_counts")
+    )
+    stmt = (
+        select(
+            LabelingTask.id,
+            LabelingTask.name,
+            LabelingTask.kind,
+            LabelingTask.classes,
+            LabelingTask.dataset_id,
+            Dataset.name.label("dataset"),
+            func.coalesce(counts.c.n_annotations, 0),
+            func.coalesce(counts.c.n_images, 0),
+            func.coalesce(counts.c.n_annotators, 0),
+        )
+        .join(Dataset, Dataset.id == LabelingTask.dataset_id)
+        .outerjoin(counts, counts.c.task_id == LabelingTask.id)
+        .order_by(Dataset.name, LabelingTask.name, LabelingTask.id)
+    )
+    if dataset_id is not None:
+        stmt = stmt.where(LabelingTask.dataset_id == dataset_id)
+    df = pd.DataFrame(session.execute(stmt).all(), columns=TASK_COLUMNS)
+    df["classes"] = df["classes"].map(lambda c: list(c) if c else [])
+    for col in ("id", "dataset_id", "n_annotations", "n_images", "n_annotators"):
+        df[col] = df[col].astype("int64")
+    return df
+
+
+@_db_errors
+def task_labels(session: Session, task_id: int) -> pd.DataFrame:
+    """All annotations of a task as a long label frame (the DESIGN.md label contract).
+
+    Returns
+    -------
+    DataFrame with :data:`TASK_LABEL_COLUMNS`: ``item_id`` is the image id,
+    ``annotator_id`` the annotator's pseudonymous *code* (str), ``bbox`` a
+    ``[x0, y0, x1, y1]`` list or None, ``created_at`` aware UTC timestamps, ``duration_s``
+    float (NaN where unknown), ``annotator_kind`` ``doctor`` or ``expert``. Ordered by
+    ``item_id``, ``annotator_id``, ``created_at``. Empty (with the columns) for an unknown
+    task.
+    """
+    stmt = (
+        select(
+            Annotation.image_id,
+            Annotator.code,
+            Annotation.label,
+            Annotation.bbox,
+            Annotation.created_at,
+            Annotation.duration_s,
+            Annotator.kind,
+        )
+        .join(Annotator, Annotator.id == Annotation.annotator_id)
+        .where(Annotation.task_id == task_id)
+        .order_by(Annotation.image_id, Annotator.code, Annotation.created_at, Annotation.id)
+    )
+    df = pd.DataFrame(session.execute(stmt).all(), columns=TASK_LABEL_COLUMNS)
+    df["item_id"] = df["item_id"].astype("int64")
+    df["annotator_id"] = df["annotator_id"].astype(object)
+    df["label"] = df["label"].astype(object)
+    df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
+    df["duration_s"] = pd.to_numeric(df["duration_s"], errors="coerce").astype("float64")
+    return df
+
+
+@_db_errors
+def reference_labels_frame(session: Session, task_id: int, kind: str) -> pd.DataFrame:
+    """The reference answers of a task: ``item_id, label, bbox``, ordered by ``item_id``.
+
+    Parameters
+    ----------
+    session : an open session.
+    task_id : the labeling task.
+    kind : ``"gold"`` (expert panel) or ``"exam"`` (exam-set answer key).
+
+    Raises
+    ------
+    ValueError : for a ``kind`` other than those of :data:`REFERENCE_KINDS`.
+    """
+    if kind not in REFERENCE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(REFERENCE_KINDS)}, not {kind!r}")
+    stmt = (
+        select(ReferenceLabel.image_id, ReferenceLabel.label, ReferenceLabel.bbox)
+        .where(ReferenceLabel.task_id == task_id, ReferenceLabel.kind == kind)
+        .order_by(ReferenceLabel.image_id, ReferenceLabel.id)
+    )
+    df = pd.DataFrame(session.execute(stmt).all(), columns=["item_id", "label", "bbox"])
+    df["item_id"] = df["item_id"].astype("int64")
+    df["label"] = df["label"].astype(object)
+    return df
+
+
+@_db_errors
+def image_refs(session: Session, image_ids: Sequence[int]) -> pd.DataFrame:
+    """Where to find some images: ``image_id, sop_uid, uri, rows, cols, photometric, source``.
+
+    The ids travel as bound ``IN`` lists of at most 1000 values per query. Unknown ids are
+    left out; the order follows ``image_id``.
+    """
+    columns = ["image_id", "sop_uid", "uri", "rows", "cols", "photometric", "source"]
+    ids = sorted({int(i) for i in image_ids})
+    frames = []
+    for start in range(0, len(ids), _IN_CHUNK):
+        stmt = (
+            select(
+                Image.id,
+                Image.sop_uid,
+                Image.uri,
+                Image.rows,
+                Image.cols,
+                Image.photometric,
+                Source.name,
+            )
+            .join(Series, Series.id == Image.series_id)
+            .join(Study, Study.id == Series.study_id)
+            .outerjoin(Source, Source.id == Study.source_id)
+            .where(Image.id.in_(ids[start : start + _IN_CHUNK]))
+        )
+        frames.append(pd.DataFrame(session.execute(stmt).all(), columns=columns))
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True).sort_values("image_id", ignore_index=True)
+
+
+def _week_start(session: Session, column: Any) -> Any:
+    """SQL for the Monday (ISO week start, UTC) of a timestamp column, per dialect."""
+    if session.get_bind().dialect.name == "postgresql":
+        return sql_cast(func.date_trunc("week", func.timezone("UTC", column)), Date)
+    # SQLite stores UTC text: 'weekday 0' moves on to Sunday (or stays), '-6 days' is Monday.
+    return func.date(column, "weekday 0", "-6 days")
+
+
+@_db_errors
+def annotations_per_week(session: Session, task_id: int) -> pd.DataFrame:
+    """Throughput per annotator and ISO week, aggregated in SQL.
+
+    The median duration is computed in SQL on both dialects with window functions (the
+    middle one or two rows by ``duration_s`` within each annotator-week, averaged), since
+    SQLite has no ``percentile_cont``. Weeks start on Monday, in UTC.
+
+    Returns
+    -------
+    DataFrame ``annotator_id`` (code), ``week`` (:class:`datetime.date`, a Monday), ``n``
+    (annotations), ``median_duration_s`` (NaN when no duration is known), ordered by
+    annotator and week.
+    """
+    week = _week_start(session, Annotation.created_at).label("week")
+    base = (
+        select(
+            Annotator.code.label("code"),
+            week,
+            Annotation.duration_s.label("duration_s"),
+        )
+        .join(Annotator, Annotator.id == Annotation.annotator_id)
+        .where(Annotation.task_id == task_id)
+        .subquery("weekly_base")
+    )
+    counts = (
+        select(base.c.code, base.c.week, func.count(literal(1)).label("n"))
+        .group_by(base.c.code, base.c.week)
+        .subquery("weekly_counts")
+    )
+    ranked = (
+        select(
+            base.c.code,
+            base.c.week,
+            base.c.duration_s,
+            func.row_number()
+            .over(partition_by=(base.c.code, base.c.week), order_by=base.c.duration_s)
+            .label("rn"),
+            func.count(literal(1)).over(partition_by=(base.c.code, base.c.week)).label("cnt"),
+        )
+        .where(base.c.duration_s.is_not(None))
+        .subquery("weekly_ranked")
+    )
+    medians = (
+        select(
+            ranked.c.code,
+            ranked.c.week,
+            func.avg(ranked.c.duration_s).label("median_duration_s"),
+        )
+        .where(
+            ranked.c.rn.in_(((ranked.c.cnt + 1) // 2, (ranked.c.cnt + 2) // 2)),
+        )
+        .group_by(ranked.c.code, ranked.c.week)
+        .subquery("weekly_medians")
+    )
+    stmt = (
+        select(counts.c.code, counts.c.week, counts.c.n, medians.c.median_duration_s)
+        .outerjoin(medians, and_(medians.c.code == counts.c.code, medians.c.week == counts.c.week))
+        .order_by(counts.c.code, counts.c.week)
+    )
+    df = pd.DataFrame(
+        session.execute(stmt).all(),
+        columns=["annotator_id", "week", "n", "median_duration_s"],
+    )
+    df["week"] = df["week"].map(_as_date)
+    df["n"] = df["n"].astype("int64")
+    df["median_duration_s"] = pd.to_numeric(df["median_duration_s"]).astype("float64")
     return df
