@@ -17,10 +17,13 @@ TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || ech
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# crowd-kit is the Dawid-Skene peer of tests and benchmarks; its declared deps pull
+	# transformers, so it goes in without them (its real import needs are in [test]).
+	$(BIN)/python -m pip install -q --no-deps "crowd-kit==1.4.2"
 	@touch $(STAMP)
 
 # Debian packages the tests talk to (a real PostgreSQL). Installed only when missing.
@@ -45,6 +48,7 @@ lint: install
 
 bench: install demo
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/agreement.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache data_samples/dicom $(DEMO_DB)* data_samples/demo_truth.json
