@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import pandas as pd
@@ -32,11 +32,14 @@ __all__ = [
     "db_url",
     "filter_options",
     "get_engine",
+    "image_refs",
     "images_by_source",
     "ingest_errors",
     "list_datasets",
+    "list_tasks",
     "overview",
     "require_data",
+    "run_query",
     "show_empty",
     "show_unavailable",
     "store_totals",
@@ -79,6 +82,14 @@ def get_engine(url: str | None = None) -> Engine:
         return _engine(url)
     except (ArgumentError, NoSuchModuleError, OSError) as exc:
         raise DatabaseUnavailableError(_display_url(url), str(exc)) from exc
+
+
+def run_query(url: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call ``fn(session, *args, **kwargs)`` in a session on ``url``'s shared engine.
+
+    For cached wrappers outside this module (the report builders of :mod:`quality.ui.doctors`).
+    """
+    return _run(url, fn, *args, **kwargs)
 
 
 def _run(url: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -138,6 +149,16 @@ def _studies_page(
         page=page,
         page_size=page_size,
     )
+
+
+@st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
+def _list_tasks(url: str, dataset_id: int | None) -> pd.DataFrame:
+    return _run(url, queries.list_tasks, dataset_id)
+
+
+@st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
+def _image_refs(url: str, image_ids: tuple[int, ...]) -> pd.DataFrame:
+    return _run(url, queries.image_refs, list(image_ids))
 
 
 @st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
@@ -201,6 +222,16 @@ def studies_page(
 def study_images(study_uid: str) -> pd.DataFrame:
     """:func:`quality.db.queries.study_images` (cached)."""
     return _study_images(db_url(), study_uid)
+
+
+def list_tasks(dataset_id: int | None) -> pd.DataFrame:
+    """:func:`quality.db.queries.list_tasks` (cached); None lists the tasks of every dataset."""
+    return _list_tasks(db_url(), dataset_id)
+
+
+def image_refs(image_ids: Iterable[int]) -> pd.DataFrame:
+    """:func:`quality.db.queries.image_refs` (cached; the ids are sorted so they hash once)."""
+    return _image_refs(db_url(), tuple(sorted({int(i) for i in image_ids})))
 
 
 def clear_caches() -> None:

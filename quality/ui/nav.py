@@ -55,12 +55,14 @@ class PageSpec:
 PAGES: tuple[PageSpec, ...] = (
     PageSpec("overview", "pages/overview.py", "Overview", "📊", "Data products"),
     PageSpec("browser", "pages/browser.py", "Browser", "🔎", "Explore"),
+    PageSpec("doctors", "pages/doctors.py", "Doctors", "🩺", "Labeling"),
+    PageSpec("agreement", "pages/agreement.py", "Agreement", "🤝", "Labeling"),
 )
 
 ROLE_PAGES: dict[str, frozenset[str]] = {
     "admin": frozenset(p.key for p in PAGES),
-    "labeling manager": frozenset({"overview"}),
-    "data scientist": frozenset({"overview", "browser"}),
+    "labeling manager": frozenset({"overview", "doctors", "agreement"}),
+    "data scientist": frozenset({"overview", "browser", "agreement"}),
     "clinician": frozenset({"browser"}),
 }
 
