@@ -281,7 +281,7 @@ def test_staple_recovers_rater_performance() -> None:
     assert st.estimate_.shape == truth.shape
     assert ((st.estimate_ > 0.5) == truth).mean() > 0.98
     assert st.prior_ == pytest.approx(masks.mean())
-    assert 1 <= st.n_iter_ < 100
+    assert st.n_iter_ >= 1 and st.n_iter_ < 100  # converged before the cap
 
 
 def test_staple_3d_and_list_input() -> None:
