@@ -180,3 +180,30 @@ def engine(db_url: str) -> Iterator[Engine]:
 def session(engine: Engine) -> Iterator[Session]:
     with Session(engine, expire_on_commit=False) as s:
         yield s
+
+
+# --------------------------------------------------------------------------- demo data
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny demo (DICOM files, SQLite DB, truth file), built once per test session.
+
+    Tests that write to the DB take their own copy with :func:`copy_demo_db`.
+    """
+    from quality.demo import build_demo
+
+    out = tmp_path_factory.mktemp("tiny_demo")
+    engine = make_engine(f"sqlite:///{out / 'demo.db'}")
+    upgrade(engine)
+    with Session(engine) as session:
+        build_demo(session, out, seed=0, size="tiny", salt="test-salt", workers=1)
+    engine.dispose()  # checkpoints the WAL, so the .db file alone is the whole DB
+    return out
+
+
+def copy_demo_db(demo_dir: Path, dest: Path) -> str:
+    """Copy the demo DB (its image URIs stay valid) and return the copy's URL."""
+    target = dest / "demo.db"
+    shutil.copyfile(demo_dir / "demo.db", target)
+    return f"sqlite:///{target}"

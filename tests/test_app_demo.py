@@ -6,11 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session
+from conftest import copy_demo_db
 from streamlit.testing.v1 import AppTest
 
-from quality.db.session import make_engine, upgrade
-from quality.demo import build_demo
 from quality.ui import data
 from quality.ui.nav import PAGES
 
@@ -18,15 +16,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def demo_url(tmp_path_factory: pytest.TempPathFactory) -> str:
-    out = tmp_path_factory.mktemp("demo")
-    url = f"sqlite:///{out / 'demo.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    with Session(engine) as session:
-        build_demo(session, out, seed=0, size="tiny", salt="test-salt", workers=1)
-    engine.dispose()
-    return url
+def demo_url(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return copy_demo_db(tiny_demo, tmp_path_factory.mktemp("app_demo"))
 
 
 @pytest.fixture(autouse=True)

@@ -17,13 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import copy_demo_db
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 from streamlit.testing.v1 import AppTest
 
 from quality.db.schema import Annotation, Annotator, Dataset, LabelingTask
 from quality.db.session import make_engine, upgrade
-from quality.demo import build_demo
 from quality.ui import data
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,14 +35,11 @@ UNREACHABLE = "postgresql+psycopg://nobody@127.0.0.1:1/x"
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+def demo(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """The tiny demo DB, with the extra dataset and tasks; ids of what the tests pick."""
-    out = tmp_path_factory.mktemp("demo_doctors")
-    url = f"sqlite:///{out / 'demo.db'}"
+    url = copy_demo_db(tiny_demo, tmp_path_factory.mktemp("demo_doctors"))
     engine = make_engine(url)
-    upgrade(engine)
     with Session(engine) as session:
-        build_demo(session, out, seed=0, size="tiny", salt="t", workers=1)
         tasks = {t.kind: t for t in session.scalars(select(LabelingTask))}
         classification, bbox = tasks["classification"], tasks["bbox"]
         n_annotators = len(

@@ -6,27 +6,17 @@ import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy.orm import Session
+from conftest import copy_demo_db
 from typer.testing import CliRunner
 
 from quality.cli import app
-from quality.db.session import make_engine, upgrade
-from quality.demo import build_demo
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> str:
-    tmp = tmp_path_factory.mktemp("cli_demo")
-    url = f"sqlite:///{tmp / 'demo.db'}"
-    engine = make_engine(url)
-    upgrade(engine)
-    with Session(engine) as s:
-        build_demo(s, tmp, seed=0, size="tiny", salt="test-salt", workers=1)
-        s.commit()
-    engine.dispose()
-    return url
+def db(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return copy_demo_db(tiny_demo, tmp_path_factory.mktemp("cli_demo"))
 
 
 def test_doctors_json(db):
