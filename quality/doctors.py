@@ -34,8 +34,25 @@ C_{cl}`, :math:`TN = \\sum_{c, l \\notin P} C_{cl}`:
   equals the consensus label; no box where the consensus is "no finding". An annotator's
   boxes are matched to it at IoU ≥ 0.5 (:func:`~quality.agreement.spatial.match_boxes`
   semantics: one-to-one), ``box_f1`` :math:`= 2\\,TP/(n_{consensus} + n_{annotator})` summed
-  over their images and ``mean_iou`` the mean IoU of the matched pairs. ``dice`` is for mask
-  tasks and NaN here (masks are not loaded by this report).
+  over their images and ``mean_iou`` the mean IoU of the matched pairs;
+* masks (mask tasks; NaN for other tasks): masks are stored as zlib-compressed uint8 arrays
+  of the image's ``rows × cols`` (:mod:`quality.agreement.masks`); one that does not decode
+  is left out, counted in ``n_dropped`` and named in ``warnings``. An annotator's mask on an
+  image is the union of the masks they drew on it, or empty when they labelled the image
+  without drawing one (a "no finding" answer). Per image the *consensus mask* is the newest
+  decodable ``gold`` reference mask where the task has one; else, on images where at least
+  two annotators drew a mask, the STAPLE estimate (Warfield et al. 2004) over those masks,
+  thresholded at :math:`W_i > 0.5` — or an empty mask where the image-level Dawid-Skene
+  consensus is "no finding" (as for boxes); other images are not scored. ``dice`` is the
+  mean over the scored images the annotator labelled of the Dice coefficient (Dice 1945)
+
+  .. math:: D(A, C) = \frac{2\\,|A \\cap C|}{|A| + |C|}
+
+  of their mask *A* and the consensus *C*, with :math:`D = 1` when both are empty (the
+  convention of :func:`~quality.agreement.spatial.dice`); higher is better.
+  ``staple_sensitivity`` and ``staple_specificity`` are the means, over the images where the
+  annotator was one of the STAPLE raters, of STAPLE's per-rater :math:`p_j` and
+  :math:`q_j`.
 
 Confidence intervals
 --------------------
@@ -55,7 +72,8 @@ Flags and rank
   (significantly worse than the team);
 * ``bias: over-calls X`` / ``bias: under-calls X``: :math:`|bias| \\ge` :data:`BIAS_FLAG` (0.1);
 * ``too fast``: ``too_fast_share`` :math:`\\ge` :data:`TOO_FAST_FLAG` (0.3);
-* ``exam``: exam accuracy below :data:`EXAM_FLAG` (0.7).
+* ``exam``: exam accuracy below :data:`EXAM_FLAG` (0.7);
+* ``low Dice`` (mask tasks): ``dice`` below :data:`DICE_FLAG` (0.7).
 
 Rank 1 is the best: by kappa against the consensus, ties broken by gold accuracy.
 
@@ -65,6 +83,9 @@ A. P. Dawid and A. M. Skene (1979), *J. R. Stat. Soc. C* 28(1):20-28.
 J. Cohen (1960), *Educ. Psychol. Meas.* 20(1):37-46.
 B. Efron and R. J. Tibshirani (1993), *An Introduction to the Bootstrap*, Chapman & Hall.
 J. R. Landis and G. G. Koch (1977), *Biometrics* 33(1):159-174.
+L. R. Dice (1945), *Ecology* 26(3):297-302.
+S. K. Warfield, K. H. Zou and W. M. Wells (2004), *IEEE Trans. Med. Imaging*
+23(7):903-921.
 """
 
 from __future__ import annotations
@@ -77,11 +98,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from numpy.typing import NDArray
 from sqlalchemy.orm import Session
 
 from quality.agreement.categorical import cohen_kappa
-from quality.agreement.spatial import match_boxes
+from quality.agreement.consensus import STAPLE
+from quality.agreement.masks import decode_mask
+from quality.agreement.spatial import dice_batch, match_boxes
 from quality.agreement.summary import (
     PreparedTask,
     TaskInfo,
@@ -94,6 +118,7 @@ from quality.errors import LabelDataError
 
 __all__ = [
     "BIAS_FLAG",
+    "DICE_FLAG",
     "EXAM_FLAG",
     "IOU_THRESHOLD",
     "KAPPA_FLOOR",
@@ -118,6 +143,8 @@ EXAM_FLAG = 0.7
 """Exam accuracy below this is flagged ``exam``."""
 IOU_THRESHOLD = 0.5
 """Least IoU for a box to match the consensus box."""
+DICE_FLAG = 0.7
+"""Mean Dice against the consensus masks below this is flagged ``low Dice`` (mask tasks)."""
 
 _METRICS = ("sensitivity", "specificity", "f1", "kappa")
 TEAM_COLUMNS = [
@@ -139,6 +166,8 @@ TEAM_COLUMNS = [
     "box_f1",
     "mean_iou",
     "dice",
+    "staple_sensitivity",
+    "staple_specificity",
     "flags",
     "rank",
 ]
@@ -173,7 +202,10 @@ class DoctorReport:
     labels : the cleaned long labels (one per item and annotator) the report was built on.
     positive : the positive classes of sensitivity and specificity.
     confidence_level : the level of the intervals.
-    n_dropped : annotation rows left out (label missing or outside the classes).
+    n_dropped : annotation rows left out: label missing or outside the classes, or (mask
+        tasks) a mask that does not decode.
+    n_masks_dropped : how many of ``n_dropped`` are undecodable masks.
+    warnings : one line per mask left out (annotator code, image id, reason).
     """
 
     task: TaskInfo
@@ -190,6 +222,8 @@ class DoctorReport:
     positive: list[str] = field(default_factory=list)
     confidence_level: float = 0.95
     n_dropped: int = 0
+    n_masks_dropped: int = 0
+    warnings: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ exports
 
@@ -206,12 +240,23 @@ class DoctorReport:
             f"Flags: low agreement (kappa < {KAPPA_FLOOR} or its upper bound below the "
             f"doctors' median), bias (|share - consensus share| >= {BIAS_FLAG}), too fast "
             f"(>= {TOO_FAST_FLAG:.0%} of annotations under the team's "
-            f"{TOO_FAST_QUANTILE:.0%} duration quantile), exam (accuracy < {EXAM_FLAG}).",
+            f"{TOO_FAST_QUANTILE:.0%} duration quantile), exam (accuracy < {EXAM_FLAG})"
+            + (f", low Dice (Dice < {DICE_FLAG})." if self.task.kind == "mask" else "."),
         ]
-        if self.n_dropped:
+        if self.task.kind == "mask":
             lines.append(
-                f"{self.n_dropped} annotation(s) with a label outside the task's classes "
-                "were left out."
+                "Dice: mean over images of 2|A∩C|/(|A|+|C|) against the consensus mask "
+                "(gold mask, else STAPLE > 0.5 where >= 2 masks); both empty = 1."
+            )
+        n_labels = self.n_dropped - self.n_masks_dropped
+        if n_labels:
+            lines.append(
+                f"{n_labels} annotation(s) with a label outside the task's classes were left out."
+            )
+        if self.n_masks_dropped:
+            lines.append(
+                f"{self.n_masks_dropped} mask(s) that could not be decoded were left out "
+                "(see warnings)."
             )
         return lines
 
@@ -242,6 +287,10 @@ class DoctorReport:
         if self.task.kind == "bbox":
             out["box F1"] = _fmt(t["box_f1"])
             out["mean IoU"] = _fmt(t["mean_iou"])
+        if self.task.kind == "mask":
+            out["Dice"] = _fmt(t["dice"])
+            out["STAPLE sens."] = _fmt(t["staple_sensitivity"])
+            out["STAPLE spec."] = _fmt(t["staple_specificity"])
         out["flags"] = t["flags"].replace("", "–")
         return out
 
@@ -260,6 +309,8 @@ class DoctorReport:
                 labels=[", ".join(f"{k}: {v}" for k, v in d.items()) for d in worst["labels"]],
             )
             parts += ["## Worst disagreements", "", _md_table(shown), ""]
+        if self.warnings:
+            parts += ["## Warnings", "", *[f"- {w}" for w in self.warnings], ""]
         return "\n".join(parts)
 
     def to_html(self) -> str:
@@ -282,6 +333,9 @@ class DoctorReport:
         if len(self.bias):
             bias = self.bias.round(3)
             body += ["<h2>Class bias</h2>", bias.to_html(index=False, border=0, na_rep="–")]
+        if self.warnings:
+            items = "".join(f"<li>{html.escape(w)}</li>" for w in self.warnings)
+            body += ["<h2>Warnings</h2>", f"<ul>{items}</ul>"]
         for code, table in self.confusion.items():
             body += [
                 f"<h3>Confusion: {html.escape(code)} (rows: consensus)</h3>",
@@ -309,6 +363,8 @@ class DoctorReport:
                 "positive": self.positive,
                 "confidence": self.confidence_level,
                 "n_dropped": self.n_dropped,
+                "n_masks_dropped": self.n_masks_dropped,
+                "warnings": self.warnings,
                 "team": self.team,
                 "per_class_recall": self.per_class_recall,
                 "confusion": {
@@ -533,6 +589,104 @@ def _box_scores(prep: PreparedTask, codes: list[str]) -> pd.DataFrame:
     )
 
 
+# --------------------------------------------------------------------------- masks
+
+
+@dataclass
+class _MaskScores:
+    """Per-annotator mask scores and the masks left out (see :func:`_mask_scores`)."""
+
+    table: pd.DataFrame
+    n_dropped: int
+    warnings: list[str]
+
+
+def _shape(rows: Any, cols: Any) -> tuple[int, int]:
+    if pd.isna(rows) or pd.isna(cols):
+        raise LabelDataError("mask", "shape", "the image has no rows/cols")
+    return int(rows), int(cols)
+
+
+def _mask_scores(session: Session, prep: PreparedTask, codes: list[str]) -> _MaskScores:
+    """``code, dice, staple_sensitivity, staple_specificity`` against the consensus masks.
+
+    See the module docs for the rules. The blobs of the task are read by one query
+    (:func:`~quality.db.queries.task_masks`) and decoded image by image, so that only one
+    image's masks are ever held decoded; per image, STAPLE runs on that image's masks and the
+    Dice of all its annotators comes from one :func:`~quality.agreement.spatial.dice_batch`.
+    """
+    task_id = prep.task.id
+    masks = queries.task_masks(session, task_id)
+    gold = queries.reference_masks(session, task_id, "gold")
+    labelled = prep.labels.loc[prep.labels["annotator_id"].isin(codes)]
+    raters_of = labelled.groupby("item_id")["annotator_id"].agg(list)
+    masks = masks.loc[masks["item_id"].isin(raters_of.index)]
+    gold = gold.loc[gold["item_id"].isin(raters_of.index)]
+    cons_label = prep.consensus.set_index("item_id")["label"]
+    no_finding = prep.classes[0]
+    warnings: list[str] = []
+
+    gold_masks: dict[int, NDArray[np.bool_]] = {}
+    for row in gold.itertuples(index=False):  # a loop over gold masks (newest last wins)
+        try:
+            gold_masks[int(row.item_id)] = decode_mask(row.mask, _shape(row.rows, row.cols))
+        except LabelDataError as exc:
+            warnings.append(f"gold mask on image {row.item_id} left out: {exc}")
+
+    scored: list[tuple[str, float]] = []
+    staple: list[tuple[str, float, float]] = []
+    by_item = dict(iter(masks.groupby("item_id", sort=True)))
+    for item in sorted(set(by_item) | set(gold_masks)):  # a loop over images
+        drawn: dict[str, NDArray[np.bool_]] = {}
+        broken: set[str] = set()
+        group = by_item.get(item)
+        for row in [] if group is None else group.itertuples(index=False):
+            try:
+                m = decode_mask(row.mask, _shape(row.rows, row.cols))
+            except LabelDataError as exc:
+                warnings.append(f"mask of {row.annotator_id} on image {item} left out: {exc}")
+                broken.add(row.annotator_id)
+                continue
+            prev = drawn.get(row.annotator_id)
+            drawn[row.annotator_id] = m if prev is None else prev | m
+        # An annotator with an undecodable mask on this image is not scored on it at all:
+        # their remaining masks would be an incomplete answer.
+        drawn = {c: m for c, m in drawn.items() if c not in broken}
+        if item in gold_masks:
+            consensus = gold_masks[item]
+        elif len(drawn) >= 2:  # all decoded with the image's rows × cols: one shape
+            stack = np.stack(list(drawn.values()))
+            if cons_label.get(item) == no_finding:
+                consensus = np.zeros(stack.shape[1:], dtype=bool)
+            else:
+                fit = STAPLE().fit(stack)
+                consensus = fit.estimate_ > 0.5
+                staple += list(
+                    zip(drawn, fit.sensitivity_.tolist(), fit.specificity_.tolist(), strict=True)
+                )
+        else:
+            continue
+        raters = [c for c in raters_of.get(item, []) if c not in broken]
+        if not raters:
+            continue
+        empty = np.zeros(consensus.shape, dtype=bool)
+        a = torch.from_numpy(np.stack([drawn.get(c, empty) for c in raters]))
+        c = torch.from_numpy(consensus).expand_as(a)
+        scored += list(zip(raters, dice_batch(a, c).tolist(), strict=True))
+
+    d = pd.DataFrame(scored, columns=["code", "dice"]).groupby("code")["dice"].mean()
+    st = pd.DataFrame(staple, columns=["code", "sens", "spec"]).groupby("code").mean()
+    table = pd.DataFrame(
+        {
+            "code": codes,
+            "dice": d.reindex(codes).to_numpy(dtype=float),
+            "staple_sensitivity": st["sens"].reindex(codes).to_numpy(dtype=float),
+            "staple_specificity": st["spec"].reindex(codes).to_numpy(dtype=float),
+        }
+    )
+    return _MaskScores(table=table, n_dropped=len(warnings), warnings=warnings)
+
+
 # --------------------------------------------------------------------------- builder
 
 
@@ -585,6 +739,8 @@ def _flags(team: pd.DataFrame) -> list[str]:
             f.append("too fast")
         if row.exam_accuracy < EXAM_FLAG:
             f.append("exam")
+        if row.dice < DICE_FLAG:  # NaN outside mask tasks: never flagged
+            f.append("low Dice")
         flags.append("; ".join(f))
     return flags
 
@@ -740,7 +896,13 @@ def build_doctor_report(
         team["box_f1"], team["mean_iou"] = boxes["box_f1"].to_numpy(), boxes["mean_iou"].to_numpy()
     else:
         team["box_f1"] = team["mean_iou"] = np.nan
-    team["dice"] = np.nan
+    mask_scores = _MaskScores(pd.DataFrame(), 0, [])
+    if prep.task.kind == "mask":
+        mask_scores = _mask_scores(session, prep, codes)
+        for col in ("dice", "staple_sensitivity", "staple_specificity"):
+            team[col] = mask_scores.table[col].to_numpy()
+    else:
+        team["dice"] = team["staple_sensitivity"] = team["staple_specificity"] = np.nan
 
     # Weekly kappa trend: groups are (annotator, week).
     week = _week_of(lab["created_at"])
@@ -783,7 +945,9 @@ def build_doctor_report(
         labels=prep.labels,
         positive=[c for c, p in zip(classes, pos, strict=True) if p],
         confidence_level=confidence,
-        n_dropped=prep.n_dropped,
+        n_dropped=prep.n_dropped + mask_scores.n_dropped,
+        n_masks_dropped=mask_scores.n_dropped,
+        warnings=mask_scores.warnings,
     )
 
 

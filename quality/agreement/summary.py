@@ -14,9 +14,9 @@ Label cleaning (:func:`prepare_task`)
 -------------------------------------
 * One label per (item, annotator): the newest annotation wins.
 * Box and mask tasks label *regions*; their image-level label is the label of the
-  annotator's newest region, and an annotation without a region (``bbox`` NULL) means "no
-  finding", coded as :data:`NO_FINDING` (``"normal"``), which is prepended to the task's
-  classes when it is not one of them.
+  annotator's newest region, and an annotation without a region (``bbox`` NULL; in a mask
+  task, ``bbox`` and ``mask`` both NULL) means "no finding", coded as :data:`NO_FINDING`
+  (``"normal"``), which is prepended to the task's classes when it is not one of them.
 * Labels outside the (so extended) classes, e.g. a typo such as ``nodul``, are dropped and
   counted in :attr:`PreparedTask.n_dropped`; a report is about people, and one bad row must
   not hide the team's table. ``quality check`` is where such rows fail.
@@ -90,7 +90,7 @@ class PreparedTask:
     classes : the classes of the analysis: the task's, with :data:`NO_FINDING` first for box
         and mask tasks whose classes lack it.
     rows : every valid annotation row (all regions): the :func:`~quality.db.queries.task_labels`
-        columns, with the image-level ``label``.
+        columns, with the image-level ``label`` (and ``has_mask`` for mask tasks).
     labels : one row per (item, annotator): ``item_id, annotator_id, label, bbox,
         created_at, duration_s, annotator_kind``.
     gold, exam : ``item_id, label, bbox`` reference answers on labelled items.
@@ -132,12 +132,20 @@ def _has_box(values: pd.Series) -> NDArray[np.bool_]:
     return values.map(lambda b: isinstance(b, list | tuple) and len(b) == 4).to_numpy(bool)
 
 
+def _has_region(frame: pd.DataFrame) -> NDArray[np.bool_]:
+    """A box, or (where the frame says so, in mask tasks) a mask."""
+    region = _has_box(frame["bbox"])
+    if "has_mask" in frame:
+        region = region | frame["has_mask"].to_numpy(bool)
+    return region
+
+
 def _image_level(frame: pd.DataFrame, kind: str) -> pd.DataFrame:
     """Code a region-less box/mask annotation as :data:`NO_FINDING` (see module docs)."""
     if kind == "classification" or frame.empty:
         return frame
     out = frame.copy()
-    out.loc[~_has_box(out["bbox"]), "label"] = NO_FINDING
+    out.loc[~_has_region(out), "label"] = NO_FINDING
     return out
 
 
@@ -164,13 +172,14 @@ def prepare_task(session: Session, task_id: int, *, n_iter: int = 100) -> Prepar
     classes = list(task.classes)
     if task.kind != "classification" and NO_FINDING not in classes:
         classes = [NO_FINDING, *classes]
-    raw = _image_level(queries.task_labels(session, task.id), task.kind)
+    masks = task.kind == "mask"
+    raw = _image_level(queries.task_labels(session, task.id, has_mask=masks), task.kind)
     valid = raw["label"].isin(classes).to_numpy()
     rows = raw.loc[valid].reset_index(drop=True)
     if rows.empty:
         raise LabelDataError(f"task {task.name!r}", "label", "no annotation with a valid label")
     # Newest first within (item, annotator); a region row beats a region-less one.
-    ordered = rows.assign(_box=_has_box(rows["bbox"])).sort_values(
+    ordered = rows.assign(_box=_has_region(rows)).sort_values(
         ["item_id", "annotator_id", "_box", "created_at"], kind="stable"
     )
     labels = (
@@ -181,7 +190,9 @@ def prepare_task(session: Session, task_id: int, *, n_iter: int = 100) -> Prepar
 
     refs = {}
     for kind in queries.REFERENCE_KINDS:
-        ref = _image_level(queries.reference_labels_frame(session, task.id, kind), task.kind)
+        ref = _image_level(
+            queries.reference_labels_frame(session, task.id, kind, has_mask=masks), task.kind
+        )
         ref = ref.loc[ref["label"].isin(classes) & ref["item_id"].isin(labels["item_id"])]
         refs[kind] = ref.drop_duplicates("item_id", keep="last").reset_index(drop=True)
     truth = pd.concat([refs["exam"], refs["gold"]]).drop_duplicates("item_id", keep="last")

@@ -629,11 +629,14 @@ __all__ += [
     "REFERENCE_KINDS",
     "TASK_COLUMNS",
     "TASK_LABEL_COLUMNS",
+    "TASK_MASK_COLUMNS",
     "annotations_per_week",
     "image_refs",
     "list_tasks",
     "reference_labels_frame",
+    "reference_masks",
     "task_labels",
+    "task_masks",
 ]
 
 REFERENCE_KINDS = ("gold", "exam")
@@ -657,6 +660,7 @@ TASK_LABEL_COLUMNS = [
     "duration_s",
     "annotator_kind",
 ]
+TASK_MASK_COLUMNS = ["item_id", "annotator_id", "created_at", "mask", "rows", "cols"]
 # Bound parameters per IN list: well under SQLite's 32766 and PostgreSQL's 65535.
 _IN_CHUNK = 1000
 
@@ -712,8 +716,16 @@ def list_tasks(session: Session, dataset_id: int | None = None) -> pd.DataFrame:
 
 
 @_db_errors
-def task_labels(session: Session, task_id: int) -> pd.DataFrame:
+def task_labels(session: Session, task_id: int, *, has_mask: bool = False) -> pd.DataFrame:
     """All annotations of a task as a long label frame (the DESIGN.md label contract).
+
+    Parameters
+    ----------
+    session : an open session.
+    task_id : the labeling task.
+    has_mask : also return a bool ``has_mask`` column (``annotations.mask IS NOT NULL``,
+        computed in SQL; the blobs are not loaded). For mask tasks, where a mask without a
+        box is a region.
 
     Returns
     -------
@@ -724,21 +736,28 @@ def task_labels(session: Session, task_id: int) -> pd.DataFrame:
     ``item_id``, ``annotator_id``, ``created_at``. Empty (with the columns) for an unknown
     task.
     """
+    columns = [
+        Annotation.image_id,
+        Annotator.code,
+        Annotation.label,
+        Annotation.bbox,
+        Annotation.created_at,
+        Annotation.duration_s,
+        Annotator.kind,
+    ]
+    names = list(TASK_LABEL_COLUMNS)
+    if has_mask:
+        columns.append(Annotation.mask.is_not(None))
+        names.append("has_mask")
     stmt = (
-        select(
-            Annotation.image_id,
-            Annotator.code,
-            Annotation.label,
-            Annotation.bbox,
-            Annotation.created_at,
-            Annotation.duration_s,
-            Annotator.kind,
-        )
+        select(*columns)
         .join(Annotator, Annotator.id == Annotation.annotator_id)
         .where(Annotation.task_id == task_id)
         .order_by(Annotation.image_id, Annotator.code, Annotation.created_at, Annotation.id)
     )
-    df = pd.DataFrame(session.execute(stmt).all(), columns=TASK_LABEL_COLUMNS)
+    df = pd.DataFrame(session.execute(stmt).all(), columns=names)
+    if has_mask:
+        df["has_mask"] = df["has_mask"].astype(bool)
     df["item_id"] = df["item_id"].astype("int64")
     df["annotator_id"] = df["annotator_id"].astype(object)
     df["label"] = df["label"].astype(object)
@@ -748,7 +767,9 @@ def task_labels(session: Session, task_id: int) -> pd.DataFrame:
 
 
 @_db_errors
-def reference_labels_frame(session: Session, task_id: int, kind: str) -> pd.DataFrame:
+def reference_labels_frame(
+    session: Session, task_id: int, kind: str, *, has_mask: bool = False
+) -> pd.DataFrame:
     """The reference answers of a task: ``item_id, label, bbox``, ordered by ``item_id``.
 
     Parameters
@@ -756,6 +777,82 @@ def reference_labels_frame(session: Session, task_id: int, kind: str) -> pd.Data
     session : an open session.
     task_id : the labeling task.
     kind : ``"gold"`` (expert panel) or ``"exam"`` (exam-set answer key).
+    has_mask : also return a bool ``has_mask`` column (``mask IS NOT NULL``, in SQL).
+
+    Raises
+    ------
+    ValueError : for a ``kind`` other than those of :data:`REFERENCE_KINDS`.
+    """
+    if kind not in REFERENCE_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(REFERENCE_KINDS)}, not {kind!r}")
+    columns = [ReferenceLabel.image_id, ReferenceLabel.label, ReferenceLabel.bbox]
+    names = ["item_id", "label", "bbox"]
+    if has_mask:
+        columns.append(ReferenceLabel.mask.is_not(None))
+        names.append("has_mask")
+    stmt = (
+        select(*columns)
+        .where(ReferenceLabel.task_id == task_id, ReferenceLabel.kind == kind)
+        .order_by(ReferenceLabel.image_id, ReferenceLabel.id)
+    )
+    df = pd.DataFrame(session.execute(stmt).all(), columns=names)
+    if has_mask:
+        df["has_mask"] = df["has_mask"].astype(bool)
+    df["item_id"] = df["item_id"].astype("int64")
+    df["label"] = df["label"].astype(object)
+    return df
+
+
+@_db_errors
+def task_masks(session: Session, task_id: int) -> pd.DataFrame:
+    """The masks drawn in one task, with the shape of their images.
+
+    Only the task's annotations with a mask are read (``task_id`` and ``mask IS NOT NULL``
+    filter in SQL); the blobs stay compressed (decode them with
+    :func:`quality.agreement.masks.decode_mask`).
+
+    Returns
+    -------
+    DataFrame with :data:`TASK_MASK_COLUMNS`: ``item_id`` (image id), ``annotator_id``
+    (the annotator's code), ``created_at`` (aware UTC), ``mask`` (bytes), ``rows`` and
+    ``cols`` (the image's; ``<NA>`` where unknown, nullable Int64). Ordered by ``item_id``,
+    ``annotator_id``, ``created_at``.
+    """
+    stmt = (
+        select(
+            Annotation.image_id,
+            Annotator.code,
+            Annotation.created_at,
+            Annotation.mask,
+            Image.rows,
+            Image.cols,
+        )
+        .join(Annotator, Annotator.id == Annotation.annotator_id)
+        .join(Image, Image.id == Annotation.image_id)
+        .where(Annotation.task_id == task_id, Annotation.mask.is_not(None))
+        .order_by(Annotation.image_id, Annotator.code, Annotation.created_at, Annotation.id)
+    )
+    df = pd.DataFrame(session.execute(stmt).all(), columns=TASK_MASK_COLUMNS)
+    df["item_id"] = df["item_id"].astype("int64")
+    df["annotator_id"] = df["annotator_id"].astype(object)
+    df["created_at"] = pd.to_datetime(df["created_at"], utc=True)
+    df["mask"] = df["mask"].astype(object)
+    df[["rows", "cols"]] = df[["rows", "cols"]].astype("Int64")
+    return df
+
+
+@_db_errors
+def reference_masks(session: Session, task_id: int, kind: str = "gold") -> pd.DataFrame:
+    """The reference masks of a task: ``item_id, mask, rows, cols``, by ``item_id``.
+
+    Only rows with a mask are read (filtered in SQL). Several rows for one image come in
+    insertion order (the last is the newest).
+
+    Parameters
+    ----------
+    session : an open session.
+    task_id : the labeling task.
+    kind : ``"gold"`` or ``"exam"`` (:data:`REFERENCE_KINDS`).
 
     Raises
     ------
@@ -764,13 +861,19 @@ def reference_labels_frame(session: Session, task_id: int, kind: str) -> pd.Data
     if kind not in REFERENCE_KINDS:
         raise ValueError(f"kind must be one of {', '.join(REFERENCE_KINDS)}, not {kind!r}")
     stmt = (
-        select(ReferenceLabel.image_id, ReferenceLabel.label, ReferenceLabel.bbox)
-        .where(ReferenceLabel.task_id == task_id, ReferenceLabel.kind == kind)
+        select(ReferenceLabel.image_id, ReferenceLabel.mask, Image.rows, Image.cols)
+        .join(Image, Image.id == ReferenceLabel.image_id)
+        .where(
+            ReferenceLabel.task_id == task_id,
+            ReferenceLabel.kind == kind,
+            ReferenceLabel.mask.is_not(None),
+        )
         .order_by(ReferenceLabel.image_id, ReferenceLabel.id)
     )
-    df = pd.DataFrame(session.execute(stmt).all(), columns=["item_id", "label", "bbox"])
+    df = pd.DataFrame(session.execute(stmt).all(), columns=["item_id", "mask", "rows", "cols"])
     df["item_id"] = df["item_id"].astype("int64")
-    df["label"] = df["label"].astype(object)
+    df["mask"] = df["mask"].astype(object)
+    df[["rows", "cols"]] = df[["rows", "cols"]].astype("Int64")
     return df
 
 
