@@ -192,7 +192,8 @@ def task_picker(dataset_id: int | None, *, key: str, min_annotators: int = 2) ->
 
 def report_note(n_dropped: int, positive: list[str] | None = None) -> None:
     """A caption on what the statistics rest on: the positive classes, and the annotation rows
-    the cleaning left out (label missing or outside the task's classes)."""
+    the cleaning left out (label missing or outside the task's classes, or a mask that could
+    not be decoded)."""
     parts = []
     if positive:
         parts.append(f"Sensitivity and specificity count **{', '.join(positive)}** as positive.")
@@ -200,7 +201,7 @@ def report_note(n_dropped: int, positive: list[str] | None = None) -> None:
         rows = "row was" if n_dropped == 1 else "rows were"
         parts.append(
             f"{n_dropped:,} annotation {rows} left out: label missing or outside the task's "
-            "classes."
+            "classes, or a mask that could not be decoded."
         )
     if parts:
         st.caption(" ".join(parts))
