@@ -185,21 +185,34 @@ def session(engine: Engine) -> Iterator[Session]:
 # --------------------------------------------------------------------------- demo data
 
 
+DEMO_SALT = "test-salt"
+
+
+def _build_demo(out: Path, size: str, workers: int) -> Path:
+    from quality.demo import build_demo
+
+    engine = make_engine(f"sqlite:///{out / 'demo.db'}")
+    upgrade(engine)
+    with Session(engine) as session:
+        build_demo(session, out, seed=0, size=size, salt=DEMO_SALT, workers=workers)
+    engine.dispose()  # checkpoints the WAL, so the .db file alone is the whole DB
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny demo (DICOM files, SQLite DB, truth file), built once per test session.
 
     Tests that write to the DB take their own copy with :func:`copy_demo_db`.
     """
-    from quality.demo import build_demo
+    return _build_demo(tmp_path_factory.mktemp("tiny_demo"), "tiny", 1)
 
-    out = tmp_path_factory.mktemp("tiny_demo")
-    engine = make_engine(f"sqlite:///{out / 'demo.db'}")
-    upgrade(engine)
-    with Session(engine) as session:
-        build_demo(session, out, seed=0, size="tiny", salt="test-salt", workers=1)
-    engine.dispose()  # checkpoints the WAL, so the .db file alone is the whole DB
-    return out
+
+@pytest.fixture(scope="session")
+def small_demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small demo (seed 0, ~380 files), built once per test session; read-only users
+    open ``demo.db`` in place, writers take a copy with :func:`copy_demo_db`."""
+    return _build_demo(tmp_path_factory.mktemp("small_demo"), "small", 2)
 
 
 def copy_demo_db(demo_dir: Path, dest: Path) -> str:

@@ -73,13 +73,10 @@ def test_interval_ignores_undefined_resamples():
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("small_demo")
+def small(small_demo_dir: Path) -> dict[str, Any]:
+    tmp = small_demo_dir
     engine = make_engine(f"sqlite:///{tmp / 'demo.db'}")
-    upgrade(engine)
     with Session(engine, expire_on_commit=False) as s:
-        build_demo(s, tmp, seed=0, size="small", salt=SALT, workers=2)
-        s.commit()
         tasks = queries.list_tasks(s).set_index("name")
         cls = build_doctor_report(s, int(tasks.at["finding", "id"]))
         box = build_doctor_report(s, int(tasks.at["finding-box", "id"]))

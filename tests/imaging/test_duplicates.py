@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from quality.db.schema import Dataset, DatasetItem, DatasetVersion, Image, Series, Source, Study
-from quality.db.session import make_engine, upgrade
+from quality.db.session import make_engine
 from quality.dicom import DecodedImage
 from quality.errors import DicomReadError
 from quality.imaging import duplicates as dup
@@ -319,15 +320,11 @@ def test_near_duplicates_rejects_bad_parameters(session: Session) -> None:
 
 
 @pytest.fixture(scope="module")
-def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Session, dict]]:
+def small_demo(small_demo_dir: Path) -> Iterator[tuple[Session, dict]]:
     """The small demo (seed 0, ~380 images): 3 exact and 3 near duplicates are seeded."""
-    from quality.demo import build_demo
-
-    out = tmp_path_factory.mktemp("small_demo")
+    out = small_demo_dir
     engine = make_engine(f"sqlite:///{out / 'demo.db'}")
-    upgrade(engine)
     with Session(engine) as session:
-        build_demo(session, out, seed=0, size="small", salt="test-salt", workers=2)
         truth = json.loads((out / "demo_truth.json").read_text())
         yield session, truth
     engine.dispose()
