@@ -251,6 +251,102 @@ def agreement(task: TaskOpt, db: DbOpt = None, as_json: JsonOpt = False) -> None
     _emit(summary.as_dict(), as_json, human)
 
 
+@app.command("train-iqa")
+def train_iqa(
+    data: Annotated[Path, typer.Option("--data", help="Folder written by `quality demo`.")] = Path(
+        "data_samples"
+    ),
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the clean images.")] = 8,
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same weights.")] = 0,
+    out_file: Annotated[
+        Path | None,
+        typer.Option("--out", help="Weights file (default: the shipped iqa_v1.pt)."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda (else QUALITY_DEVICE).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train the IQA CNN on the clean demo images with synthetic degradations; write the
+    weights and MODEL_CARD.md beside them."""
+    from quality.imaging.model import WEIGHTS_PATH, resolve_device
+    from quality.imaging.train import run_training
+
+    dev_name = device or get_settings().device
+    try:
+        dev = resolve_device(dev_name)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    weights = out_file or WEIGHTS_PATH
+    try:
+        with _progress(not as_json) as update:
+            result = run_training(
+                data, epochs=epochs, seed=seed, out=weights, device=dev, progress=update
+            )
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    payload = {"weights": str(weights), "model_card": str(weights.with_name("MODEL_CARD.md"))}
+    payload |= result.as_dict()
+
+    def human() -> None:
+        h = result.holdout
+        out.print(f"wrote {weights} ({payload['n_parameters']:,} parameters)")
+        out.print(f"trained {result.epochs} epochs in {result.seconds:.0f} s")
+        if h:
+            out.print(f"held-out accuracy {h['accuracy']:.3f} over {h['n_images']} images")
+            for name, acc in h["per_class"].items():
+                out.print(f"  {name:<14} {acc:.3f}")
+
+    _emit(payload, as_json, human)
+
+
+@app.command()
+def score(
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", help="Dataset name or id (default: all images).")
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda (else QUALITY_DEVICE).")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 32,
+    workers: Annotated[int, typer.Option(min=0, help="Decode processes (local).")] = 0,
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler tcp://HOST:PORT: score on its workers.")
+    ] = None,
+    embeddings_dir: Annotated[
+        Path | None,
+        typer.Option("--embeddings-dir", help="Embedding files (default: beside a SQLite DB)."),
+    ] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score image quality (metrics, defect CNN, OOD) into image_quality; resumable."""
+    from sqlalchemy.orm import Session
+
+    from quality.imaging.score import score_images
+
+    settings = get_settings(db_url=db)
+    engine = _engine(settings.db_url)
+    if embeddings_dir is None and engine.url.get_backend_name() == "sqlite" and engine.url.database:
+        embeddings_dir = Path(engine.url.database).parent / "embeddings"
+    try:
+        with _progress(not as_json) as update, Session(engine) as session:
+            summary = score_images(
+                session,
+                dataset_id=dataset,
+                device=device or settings.device,
+                batch_size=batch_size,
+                workers=workers,
+                scheduler=scheduler,
+                progress=update,
+                embeddings_dir=embeddings_dir,
+            )
+    except (QualityError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    payload = summary.as_dict()
+    _emit(payload, as_json, lambda: out.print_json(data=payload))
+
+
 @app.command("app")
 def run_app(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,

@@ -100,9 +100,9 @@ def render(
             )
     stored = np.rint(img).astype(np.uint16)
     if spec.source.photometric == "MONOCHROME1" and spec.kind != "canister":
-        stored = (phantoms.MAX_12BIT - stored).astype(np.uint16)
-    if spec.degradation == "inverted" and spec.source.photometric == "MONOCHROME1":
-        # The pixels were inverted twice: MONOCHROME2-like values under a MONOCHROME1 flag.
+        # MONOCHROME1 stores the presentation inverted. For the seeded "inverted" defect the
+        # presentation already is the negative, so the file ends up with MONOCHROME2-like
+        # values under a MONOCHROME1 flag: the classic wrong-photometric error.
         stored = (phantoms.MAX_12BIT - stored).astype(np.uint16)
     return stored, params
 
