@@ -11,11 +11,14 @@ __all__ = [
     "bias_chart",
     "compare_chart",
     "confusion_chart",
+    "defect_counts_chart",
+    "embedding_map_chart",
     "flag_label",
     "images_by_source_chart",
     "ingest_errors_chart",
     "kappa_heatmap",
     "kappa_ranking_chart",
+    "metric_distribution_chart",
     "per_class_agreement_chart",
     "recall_chart",
     "speed_chart",
@@ -369,4 +372,86 @@ def per_class_agreement_chart(per_class: pd.DataFrame) -> go.Figure:
                       legend={"orientation": "h", "y": 1.1, "x": 0})  # fmt: skip
     fig.update_yaxes(range=[_floor(per_class, "kappa_one_vs_rest"), 1.05])
 
+    return fig
+
+
+# --------------------------------------------------------------------------- image quality
+
+_OOD_COLORS = {"OOD": "#d62728", "in-distribution": "#9fb7cf", "not scored": "#c7c7c7"}
+
+
+def metric_distribution_chart(values: pd.DataFrame, by: str, metric: str) -> go.Figure:
+    """Box plots of one metric per group, every image a point beside its box.
+
+    Parameters
+    ----------
+    values : ``image_id, <by>, value`` (:func:`quality.imaging.report.metric_values`).
+    by : the group column (``source``, ``manufacturer`` or ``modality``).
+    metric : the metric's name, for the axis title.
+    """
+    df = values.sort_values(by)
+    fig = px.box(
+        df,
+        x=by,
+        y="value",
+        color=by,
+        points="all",
+        hover_data={"image_id": True},
+        labels={by: by.capitalize(), "value": metric},
+    )
+    fig.update_traces(marker={"size": 4, "opacity": 0.6}, jitter=0.35)
+    fig.update_layout(height=340, margin=_MARGIN, showlegend=False)
+    return fig
+
+
+def defect_counts_chart(defects: pd.DataFrame) -> go.Figure:
+    """Horizontal bars of images per defect type (``defect_type, n_images``)."""
+    df = defects.sort_values("n_images")
+    colors = ["#2e9e5b" if d == "clean" else "#d62728" for d in df["defect_type"]]
+    fig = go.Figure(
+        go.Bar(
+            x=df["n_images"],
+            y=df["defect_type"],
+            orientation="h",
+            marker_color=colors,
+            hovertemplate="%{y}: %{x} images<extra></extra>",
+        )
+    )
+    fig.update_xaxes(title="images")
+    fig.update_layout(height=max(160, 28 * len(df) + 60), margin=_MARGIN)
+    return fig
+
+
+def embedding_map_chart(points: pd.DataFrame, color: str) -> go.Figure:
+    """The 2-D PCA map, one point per image, coloured by ``color``; ``customdata[0]`` is the
+    image id (what a click returns).
+
+    Parameters
+    ----------
+    points : :attr:`quality.imaging.report.Projection.points`.
+    color : ``source``, ``manufacturer``, ``modality``, ``defect_type`` or ``ood``.
+    """
+    kwargs: dict[str, object] = {}
+    if color == "ood":
+        kwargs["color_discrete_map"] = _OOD_COLORS
+    fig = px.scatter(
+        points,
+        x="x",
+        y="y",
+        color=color,
+        custom_data=["image_id", "defect_type", "quality_score", "source"],
+        labels={"x": "PC 1", "y": "PC 2", color: color.replace("_", " ")},
+        **kwargs,  # type: ignore[arg-type]
+    )
+    fig.update_traces(
+        marker={"size": 8, "opacity": 0.85, "line": {"width": 0.5, "color": "white"}},
+        hovertemplate="image %{customdata[0]} · %{customdata[3]}<br>%{customdata[1]} · "
+        "quality %{customdata[2]:.2f}<extra></extra>",
+    )
+    fig.update_layout(
+        height=480,
+        margin=_MARGIN,
+        legend={"orientation": "h", "y": 1.08, "x": 0},
+        clickmode="event+select",
+    )
     return fig

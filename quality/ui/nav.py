@@ -55,6 +55,7 @@ class PageSpec:
 PAGES: tuple[PageSpec, ...] = (
     PageSpec("overview", "pages/overview.py", "Overview", "📊", "Data products"),
     PageSpec("browser", "pages/browser.py", "Browser", "🔎", "Explore"),
+    PageSpec("image_quality", "pages/image_quality.py", "Image quality", "🩻", "Explore"),
     PageSpec("doctors", "pages/doctors.py", "Doctors", "🩺", "Labeling"),
     PageSpec("agreement", "pages/agreement.py", "Agreement", "🤝", "Labeling"),
 )
@@ -62,7 +63,7 @@ PAGES: tuple[PageSpec, ...] = (
 ROLE_PAGES: dict[str, frozenset[str]] = {
     "admin": frozenset(p.key for p in PAGES),
     "labeling manager": frozenset({"overview", "doctors", "agreement"}),
-    "data scientist": frozenset({"overview", "browser", "agreement"}),
+    "data scientist": frozenset({"overview", "browser", "image_quality", "agreement"}),
     "clinician": frozenset({"browser"}),
 }
 
