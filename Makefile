@@ -33,7 +33,9 @@ system-deps:
 demo: install
 	@if [ ! -f $(DEMO_DB) ] || [ ! -f data_samples/demo_truth.json ]; then \
 		echo "building demo data into data_samples/ ..."; \
-		$(BIN)/quality demo --out data_samples --seed 0 --size small; \
+		$(BIN)/quality demo --out data_samples --seed 0 --size small && \
+		echo "scoring image quality of the demo ..." && \
+		$(BIN)/quality score --dataset chest-xray-demo --db sqlite:///$(DEMO_DB); \
 	fi
 
 run: demo
@@ -51,4 +53,4 @@ bench: install demo
 	$(BIN)/python bench/agreement.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache data_samples/dicom $(DEMO_DB)* data_samples/demo_truth.json
+	rm -rf $(VENV) .pytest_cache .ruff_cache data_samples/dicom data_samples/embeddings $(DEMO_DB)* data_samples/demo_truth.json
