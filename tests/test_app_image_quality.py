@@ -210,3 +210,30 @@ def test_data_scientist_is_allowed(monkeypatch: pytest.MonkeyPatch, unscored_url
     at = _direct(monkeypatch, unscored_url, "data scientist")
     assert "cannot open this page" not in _texts(at)
     assert "not scored yet" in _texts(at)
+
+
+def test_duplicate_scan_uses_cnn_embeddings(scored_url: str) -> None:
+    """The page's duplicate scan gets the scored images' embeddings, and confirming hash
+    pairs by embedding cosine keeps the pixel-identical copies."""
+    from sqlalchemy.orm import Session
+
+    from quality.db.session import make_engine
+    from quality.imaging.duplicates import duplicate_report
+    from quality.imaging.report import dataset_embeddings
+
+    folder = Path(scored_url.removeprefix("sqlite:///")).parent
+    engine = make_engine(scored_url)
+    with Session(engine) as session:
+        emb = dataset_embeddings(session, dataset_id=1, embeddings_dir=folder / "embeddings")
+        assert emb is not None and len(emb) > 0
+        assert emb["embedding"].map(len).nunique() == 1  # one vector length
+        norms = emb["embedding"].map(lambda v: float((v**2).sum()) ** 0.5)
+        assert norms.between(0.99, 1.01).all()  # the CNN's embeddings are L2-normalised
+        with_emb = duplicate_report(session, dataset_id=1, embeddings=emb)
+        without = duplicate_report(session, dataset_id=1)
+        assert dataset_embeddings(session, dataset_id=1, embeddings_dir=None) is None
+    engine.dispose()
+    exact_with = set(with_emb.near.loc[with_emb.near["kind"] == "exact", "image_id"])
+    exact_without = set(without.near.loc[without.near["kind"] == "exact", "image_id"])
+    assert exact_with == exact_without
+    assert set(with_emb.near["image_id"]) <= set(without.near["image_id"])

@@ -54,6 +54,7 @@ __all__ = [
     "ImageQualityReport",
     "Projection",
     "build_image_quality_report",
+    "dataset_embeddings",
     "embedding_projection",
     "image_details",
     "load_embeddings",
@@ -635,6 +636,36 @@ def _pca2(x: NDArray[np.float64]) -> tuple[NDArray[np.float64], tuple[float, flo
 
 
 @_db_errors
+def dataset_embeddings(
+    session: Session,
+    *,
+    dataset_id: int | None = None,
+    scorer_version: str | None = None,
+    embeddings_dir: str | Path | None = None,
+) -> pd.DataFrame | None:
+    """The CNN embeddings of a scope as a frame ``image_id, embedding``, or None.
+
+    This is the ``embeddings`` input of :func:`quality.imaging.duplicates.near_duplicates`,
+    which uses it to confirm perceptual-hash pairs by embedding cosine. None when nothing is
+    scored or no embedding file can be read (the duplicate scan then runs on hashes alone).
+    """
+    scope = _scope(session, dataset_id, scorer_version)
+    if scope is None or embeddings_dir is None:
+        return None
+    stmt = _image_select(scope, ["embedding_ref"]).where(ImageQuality.embedding_ref.is_not(None))
+    frame = _frame(session, stmt)
+    if frame.empty:
+        return None
+    vectors = load_embeddings(
+        embeddings_dir,
+        dict(zip(frame["image_id"].astype(int), frame["embedding_ref"], strict=True)),
+    )
+    if not vectors:
+        return None
+    ids = sorted(vectors)
+    return pd.DataFrame({"image_id": ids, "embedding": [vectors[i] for i in ids]})
+
+
 def embedding_projection(
     session: Session,
     *,

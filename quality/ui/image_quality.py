@@ -137,9 +137,11 @@ def _projection(
 
 @st.cache_data(ttl=SCAN_TTL_S, show_spinner="Looking for duplicates (decodes every image)…")
 def _scans(
-    url: str, dataset_id: int | None
+    url: str, dataset_id: int | None, emb_dir: str | None = None
 ) -> tuple[dup.DuplicateReport, leak.LeakageReport | None]:
-    dups = data.run_query(url, dup.duplicate_report, dataset_id=dataset_id)
+    # Hash pairs are confirmed by CNN-embedding cosine where the images are scored.
+    emb = data.run_query(url, iq.dataset_embeddings, dataset_id=dataset_id, embeddings_dir=emb_dir)
+    dups = data.run_query(url, dup.duplicate_report, dataset_id=dataset_id, embeddings=emb)
     if dups.version_id is None:
         return dups, None
     clusters = _all_clusters(dups)
@@ -163,7 +165,7 @@ def quality_report(dataset_id: int | None, version: str | None) -> iq.ImageQuali
 
 def scans(dataset_id: int | None) -> tuple[dup.DuplicateReport, leak.LeakageReport | None]:
     """Duplicate report and, for a dataset, its leakage report (cached, :data:`SCAN_TTL_S`)."""
-    return _scans(data.db_url(), dataset_id)
+    return _scans(data.db_url(), dataset_id, embeddings_dir())
 
 
 @contextlib.contextmanager
