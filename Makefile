@@ -51,6 +51,7 @@ lint: install
 bench: install demo
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/agreement.py
+	$(BIN)/python bench/imaging.py --with-cnn
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache data_samples/dicom data_samples/embeddings $(DEMO_DB)* data_samples/demo_truth.json
