@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "DatabaseUnavailableError",
     "DicomReadError",
     "EmptyDatabaseError",
     "LabelDataError",
+    "ModelWeightsError",
     "QualityError",
+    "ScoreInputError",
     "StoreError",
+    "TrainingDataError",
 ]
 
 
@@ -72,3 +77,23 @@ class LabelDataError(QualityError, ValueError):
         self.source = source
         self.field = field
         super().__init__(f"{source}: {field}: {message}" if field else f"{source}: {message}")
+
+
+class ModelWeightsError(QualityError, RuntimeError):
+    """The IQA weights file is missing, unreadable or does not fit :class:`IQANet`."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {message}")
+
+
+class ScoreInputError(QualityError, ValueError):
+    """Bad input to scoring: an unknown dataset, or a Dask scheduler that cannot be reached."""
+
+
+class TrainingDataError(QualityError, ValueError):
+    """The training data cannot be read (truth file, DICOMs) or is too small."""
+
+    def __init__(self, path: Path | str, message: str) -> None:
+        self.path = str(path)
+        super().__init__(f"{path}: {message}")

@@ -38,7 +38,7 @@ import torch.nn.functional as F  # noqa: N812
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from quality.errors import QualityError
+from quality.errors import ModelWeightsError
 
 __all__ = [
     "DEFECT_CLASSES",
@@ -81,14 +81,6 @@ WEIGHTS_PATH = Path(__file__).with_name("weights") / "iqa_v1.pt"
 """The shipped weights (a ``torch.save`` dict: ``state_dict`` plus metadata)."""
 
 _STAGES: tuple[int, ...] = (16, 32, 64, 128, 192)
-
-
-class ModelWeightsError(QualityError, RuntimeError):
-    """The IQA weights file is missing, unreadable or does not fit :class:`IQANet`."""
-
-    def __init__(self, path: Path | str, message: str) -> None:
-        self.path = str(path)
-        super().__init__(f"{path}: {message}")
 
 
 @dataclass

@@ -95,7 +95,7 @@ from sqlalchemy.orm import Session
 
 from quality import dicom
 from quality.db.schema import Dataset, DatasetItem, DatasetVersion, Image, ImageQuality
-from quality.errors import DicomReadError, QualityError
+from quality.errors import DicomReadError, ScoreInputError
 from quality.imaging import metrics as qm
 from quality.imaging import model as qmodel
 from quality.imaging.ood import OODDetector, ood_features
@@ -125,10 +125,6 @@ UNREADABLE: Final = "unreadable"
 SCHEDULER_TIMEOUT_S: Final = 10.0
 """Seconds to wait for a Dask scheduler before :class:`ScoreInputError`."""
 _IN_CHUNK: Final = 500
-
-
-class ScoreInputError(QualityError, ValueError):
-    """Bad input to scoring: an unknown dataset, or a Dask scheduler that cannot be reached."""
 
 
 # --------------------------------------------------------------------------- pure scoring

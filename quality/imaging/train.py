@@ -63,7 +63,7 @@ import torch.nn.functional as F  # noqa: N812
 from numpy.typing import NDArray
 from torch import Tensor
 
-from quality.errors import QualityError
+from quality.errors import QualityError, TrainingDataError
 from quality.imaging.model import (
     DEFECT_CLASSES,
     EMBED_DIM,
@@ -101,14 +101,6 @@ Progress = Callable[[int, int, str], None]
 
 _N_CLASSES = len(DEFECT_CLASSES)
 _CLS = {name: i for i, name in enumerate(DEFECT_CLASSES)}
-
-
-class TrainingDataError(QualityError, ValueError):
-    """The training data cannot be read (truth file, DICOMs) or is too small."""
-
-    def __init__(self, path: Path | str, message: str) -> None:
-        self.path = str(path)
-        super().__init__(f"{path}: {message}")
 
 
 # --------------------------------------------------------------------------- data
