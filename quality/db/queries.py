@@ -224,6 +224,15 @@ def _latest_version_id(dataset_id: int) -> Any:
     )
 
 
+def newest_version_id(session: Session, dataset_id: int) -> int | None:
+    """Id of the newest version of ``dataset_id`` (by ``created_at``, then id), or None.
+
+    The one definition of "newest version" that every scoped analysis uses.
+    """
+    found = session.scalar(select(_latest_version_id(dataset_id)))
+    return None if found is None else int(found)
+
+
 def _dataset_study_ids(dataset_id: int) -> Select[Any]:
     """Ids of the studies with at least one image in the newest version of ``dataset_id``."""
     return (
@@ -633,6 +642,7 @@ __all__ += [
     "annotations_per_week",
     "image_refs",
     "list_tasks",
+    "newest_version_id",
     "reference_labels_frame",
     "reference_masks",
     "task_labels",

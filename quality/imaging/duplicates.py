@@ -65,7 +65,7 @@ from scipy.sparse.csgraph import connected_components
 from sqlalchemy import Select, and_, func, select
 from sqlalchemy.orm import Session
 
-from quality.db.queries import _db_errors
+from quality.db.queries import _db_errors, newest_version_id
 from quality.db.schema import DatasetItem, DatasetVersion, Image, Series, Source, Study
 from quality.dicom import DecodedImage, load_pixels, to_display
 from quality.errors import DicomReadError
@@ -485,12 +485,7 @@ def resolve_version(
         return int(version_id)
     if dataset_id is None:
         return None
-    newest = session.scalar(
-        select(DatasetVersion.id)
-        .where(DatasetVersion.dataset_id == dataset_id)
-        .order_by(DatasetVersion.created_at.desc(), DatasetVersion.id.desc())
-        .limit(1)
-    )
+    newest = newest_version_id(session, dataset_id)
     if newest is None:
         raise ValueError(f"dataset {dataset_id} has no versions (or does not exist)")
     return int(newest)

@@ -35,10 +35,9 @@ from numpy.typing import NDArray
 from sqlalchemy import Select, case, func, select
 from sqlalchemy.orm import Session
 
-from quality.db.queries import _db_errors
+from quality.db.queries import _db_errors, newest_version_id
 from quality.db.schema import (
     DatasetItem,
-    DatasetVersion,
     Image,
     ImageQuality,
     Series,
@@ -116,15 +115,6 @@ _PROJECTION_FEATURES: Final = tuple(m for m in METRICS if m not in ("quality_sco
 # --------------------------------------------------------------------------- scope
 
 
-def _newest_version_id(session: Session, dataset_id: int) -> int | None:
-    return session.scalar(
-        select(DatasetVersion.id)
-        .where(DatasetVersion.dataset_id == dataset_id)
-        .order_by(DatasetVersion.created_at.desc(), DatasetVersion.id.desc())
-        .limit(1)
-    )
-
-
 @dataclass(frozen=True)
 class _Scope:
     """Rows in scope: one scorer version, and a dataset version (None: every image)."""
@@ -137,7 +127,7 @@ def _scope(session: Session, dataset_id: int | None, scorer_version: str | None)
     """Resolve the scope; None when there is no scored row to show."""
     version_id = None
     if dataset_id is not None:
-        version_id = _newest_version_id(session, dataset_id)
+        version_id = newest_version_id(session, dataset_id)
         if version_id is None:
             return None
     sv = scorer_version or _newest(session, version_id)
@@ -224,7 +214,7 @@ def newest_scorer_version(session: Session, *, dataset_id: int | None = None) ->
     """The scorer version scored last in the scope (its newest ``scored_at``), or None."""
     version_id = None
     if dataset_id is not None:
-        version_id = _newest_version_id(session, dataset_id)
+        version_id = newest_version_id(session, dataset_id)
         if version_id is None:
             return None
     return _newest(session, version_id)
@@ -242,7 +232,7 @@ def scorer_versions(session: Session, *, dataset_id: int | None = None) -> pd.Da
     columns = ["scorer_version", "n_images", "n_unreadable", "last_scored"]
     version_id = None
     if dataset_id is not None:
-        version_id = _newest_version_id(session, dataset_id)
+        version_id = newest_version_id(session, dataset_id)
         if version_id is None:
             return pd.DataFrame(columns=columns)
     unreadable = case((ImageQuality.defect_type == _UNREADABLE, 1), else_=0)
@@ -320,7 +310,7 @@ def build_image_quality_report(
     scorer_version : the scorer version; None: :func:`newest_scorer_version`.
     """
     versions = scorer_versions(session, dataset_id=dataset_id)
-    version_id = _newest_version_id(session, dataset_id) if dataset_id is not None else None
+    version_id = newest_version_id(session, dataset_id) if dataset_id is not None else None
     scope = _scope(session, dataset_id, scorer_version)
     if scope is None:
         return ImageQualityReport(dataset_id, version_id, None, versions)

@@ -94,7 +94,8 @@ from sqlalchemy import exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from quality import dicom
-from quality.db.schema import Dataset, DatasetItem, DatasetVersion, Image, ImageQuality
+from quality.db.queries import newest_version_id
+from quality.db.schema import Dataset, DatasetItem, Image, ImageQuality
 from quality.errors import DicomReadError, ScoreInputError
 from quality.imaging import metrics as qm
 from quality.imaging import model as qmodel
@@ -377,15 +378,6 @@ def _resolve_dataset(session: Session, dataset: int | str) -> int:
             return int(ds_id)
     valid = ", ".join(f"{i} ({n})" for i, n in rows) or "none"
     raise ScoreInputError(f"dataset {dataset!r} does not exist; valid: {valid}")
-
-
-def _latest_version_id(session: Session, dataset_id: int) -> int | None:
-    return session.scalar(
-        select(DatasetVersion.id)
-        .where(DatasetVersion.dataset_id == dataset_id)
-        .order_by(DatasetVersion.created_at.desc(), DatasetVersion.id.desc())
-        .limit(1)
-    )
 
 
 def _selection(version_id: int | None) -> Any:
@@ -694,12 +686,12 @@ def score_images(
         version_ids = [
             v
             for ds in session.scalars(select(Dataset.id).order_by(Dataset.id))
-            if (v := _latest_version_id(session, ds)) is not None
+            if (v := newest_version_id(session, ds)) is not None
         ]
         selection: int | None = None
     else:
         ds = _resolve_dataset(session, dataset_id)
-        vid = _latest_version_id(session, ds)
+        vid = newest_version_id(session, ds)
         if vid is None:
             raise ScoreInputError(f"dataset {dataset_id!r} has no version yet")
         version_ids, selection = [vid], vid
