@@ -347,6 +347,13 @@ def score(
     _emit(payload, as_json, lambda: out.print_json(data=payload))
 
 
+# --- card (dataset card, dataset snapshot) ---
+
+# --- check (data tests) ---
+
+# --- drift ---
+
+
 @app.command("app")
 def run_app(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,

@@ -97,3 +97,22 @@ class TrainingDataError(QualityError, ValueError):
     def __init__(self, path: Path | str, message: str) -> None:
         self.path = str(path)
         super().__init__(f"{path}: {message}")
+
+
+class RulesError(QualityError, ValueError):
+    """A data-test rules file (YAML) that cannot be used: names the file, line and field."""
+
+    def __init__(self, path: Path | str, line: int | None, field: str | None, message: str) -> None:
+        self.path, self.line, self.field, self.message = str(path), line, field, message
+        where = f"{path}" + (f", line {line}" if line is not None else "")
+        what = f" (field {field!r})" if field else ""
+        super().__init__(f"{where}{what}: {message}")
+
+
+class DatasetNotFoundError(QualityError, ValueError):
+    """A dataset name (or id) the DB does not know; lists the known names."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        self.name, self.known = name, known
+        listed = ", ".join(known) if known else "none; run `quality demo` or create one"
+        super().__init__(f"unknown dataset {name!r}; known datasets: {listed}")

@@ -62,7 +62,7 @@ from quality.db.schema import (
     Study,
 )
 from quality.db.session import safe_url
-from quality.errors import DatabaseUnavailableError, EmptyDatabaseError
+from quality.errors import DatabaseUnavailableError, DatasetNotFoundError, EmptyDatabaseError
 
 __all__ = [
     "FRESH_DAYS",
@@ -78,6 +78,7 @@ __all__ = [
     "images_by_source",
     "ingest_error_summary",
     "list_datasets",
+    "resolve_dataset",
     "store_totals",
     "studies_page",
     "study_images",
@@ -241,6 +242,25 @@ def _dataset_study_ids(dataset_id: int) -> Select[Any]:
         .join(DatasetItem, DatasetItem.image_id == Image.id)
         .where(DatasetItem.version_id == _latest_version_id(dataset_id))
     )
+
+
+@_db_errors
+def resolve_dataset(session: Session, dataset: str | int) -> int:
+    """Id of the dataset named ``dataset`` (a name, or an id given as int or digits).
+
+    Raises
+    ------
+    DatasetNotFoundError
+        No such dataset; the message lists the known names.
+    """
+    if isinstance(dataset, int) or str(dataset).isdigit():
+        found = session.scalar(select(Dataset.id).where(Dataset.id == int(dataset)))
+    else:
+        found = session.scalar(select(Dataset.id).where(Dataset.name == dataset))
+    if found is None:
+        known = list(session.scalars(select(Dataset.name).order_by(Dataset.name)))
+        raise DatasetNotFoundError(str(dataset), known)
+    return int(found)
 
 
 @_db_errors

@@ -54,16 +54,31 @@ class PageSpec:
 
 PAGES: tuple[PageSpec, ...] = (
     PageSpec("overview", "pages/overview.py", "Overview", "📊", "Data products"),
+    PageSpec("dataset_card", "pages/dataset_card.py", "Dataset card", "🪪", "Data products"),
     PageSpec("browser", "pages/browser.py", "Browser", "🔎", "Explore"),
+    PageSpec("eda", "pages/eda.py", "EDA", "📈", "Explore"),
     PageSpec("image_quality", "pages/image_quality.py", "Image quality", "🩻", "Explore"),
     PageSpec("doctors", "pages/doctors.py", "Doctors", "🩺", "Labeling"),
     PageSpec("agreement", "pages/agreement.py", "Agreement", "🤝", "Labeling"),
+    PageSpec("data_tests", "pages/data_tests.py", "Data tests", "✅", "Monitoring"),
+    PageSpec("drift", "pages/drift.py", "Drift", "🌊", "Monitoring"),
 )
 
 ROLE_PAGES: dict[str, frozenset[str]] = {
     "admin": frozenset(p.key for p in PAGES),
-    "labeling manager": frozenset({"overview", "doctors", "agreement"}),
-    "data scientist": frozenset({"overview", "browser", "image_quality", "agreement"}),
+    "labeling manager": frozenset({"overview", "dataset_card", "doctors", "agreement"}),
+    "data scientist": frozenset(
+        {
+            "overview",
+            "dataset_card",
+            "browser",
+            "eda",
+            "image_quality",
+            "agreement",
+            "data_tests",
+            "drift",
+        }
+    ),
     "clinician": frozenset({"browser"}),
 }
 
