@@ -36,6 +36,8 @@ demo: install
 		$(BIN)/quality demo --out data_samples --seed 0 --size small && \
 		echo "scoring image quality of the demo ..." && \
 		$(BIN)/quality score --dataset chest-xray-demo --db sqlite:///$(DEMO_DB); \
+	else \
+		$(BIN)/quality db upgrade --db sqlite:///$(DEMO_DB) --json >/dev/null; \
 	fi
 
 run: demo

@@ -348,10 +348,368 @@ def score(
 
 
 # --- card (dataset card, dataset snapshot) ---
+dataset_app = typer.Typer(help="Dataset versions: immutable snapshots.", no_args_is_help=True)
+app.add_typer(dataset_app, name="dataset")
+
+
+def _parse_diff(diff: str) -> tuple[str, str]:
+    """``OLD:NEW`` → ``(old, new)``; bad usage exits 2."""
+    old, sep, new = diff.partition(":")
+    if not sep or not old.strip() or not new.strip():
+        raise _fail(f"--diff must be OLD:NEW (two version names, e.g. v1:v2), not {diff!r}")
+    return old.strip(), new.strip()
+
+
+@app.command()
+def card(
+    dataset: Annotated[str, typer.Argument(help="Dataset name or id.")],
+    fmt: Annotated[str, typer.Option("--format", help="md | json (the status API)")] = "md",
+    version: Annotated[
+        str | None, typer.Option("--version", help="Version to describe (default: newest).")
+    ] = None,
+    diff: Annotated[
+        str | None,
+        typer.Option("--diff", help="Versions of the Changes section, as OLD:NEW (e.g. v1:v2)."),
+    ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the card here instead of stdout.")
+    ] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Dataset card of a dataset version, built live from the DB: Markdown with YAML front
+    matter, or the JSON status (exit 0: a card is a report, not a check)."""
+    from sqlalchemy.orm import Session
+
+    from quality.card import build_card, card_markdown, card_status
+
+    if as_json:
+        fmt = "json"
+    if fmt not in ("md", "json"):
+        raise _fail(f"--format must be one of md, json, not {fmt!r}")
+    pair = _parse_diff(diff) if diff is not None else None
+    engine = _engine(db)
+    try:
+        with Session(engine) as session:
+            built = build_card(session, dataset, version, diff=pair)
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    if fmt == "json":
+        payload = card_status(built)
+        if built.changes is not None:
+            payload["diff"] = built.changes.as_dict()
+        text = json.dumps(payload, default=str, indent=2) + "\n"
+    else:
+        text = card_markdown(built)
+    if out_file is not None:
+        out_file.write_text(text, encoding="utf-8")
+        err.print(f"wrote {out_file}", highlight=False)
+    if out_file is None or as_json:
+        sys.stdout.write(text)
+
+
+@dataset_app.command("snapshot")
+def dataset_snapshot(
+    dataset: Annotated[str, typer.Argument(help="Dataset name or id.")],
+    note: Annotated[
+        str | None, typer.Option("--note", help="Stored with the version: what and why.")
+    ] = None,
+    add_new: Annotated[
+        bool,
+        typer.Option("--add-new", help="Also take in images that are in no version yet."),
+    ] = False,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Freeze the dataset's working set as a new immutable version (v2, v3, ...) with a
+    content hash; "unchanged" (exit 0, nothing written) when the hash equals the newest's."""
+    from quality.db.session import session_scope, upgrade
+    from quality.snapshot import snapshot
+
+    engine = _engine(db)
+    try:
+        upgrade(engine)  # a writer, like ingest: bring the schema to head first
+        with session_scope(engine) as session:
+            result = snapshot(session, dataset, note=note, add_new=add_new)
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+
+    def human() -> None:
+        digest = result.content_hash[:12]
+        if result.created:
+            since = f" from {result.previous}" if result.previous else ""
+            new = f", {result.n_new:,} new" if result.n_new else ""
+            out.print(
+                f"{result.dataset}: created {result.version}{since} "
+                f"({result.n_items:,} images{new}); content hash {digest}…",
+                highlight=False,
+                soft_wrap=True,
+            )
+        else:
+            out.print(
+                f"{result.dataset}: unchanged; the working set equals {result.version} "
+                f"(content hash {digest}…)",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    _emit(result.as_dict(), as_json, human)
+
 
 # --- check (data tests) ---
 
+
+def _check_store(store: str | None) -> Any:
+    """The image store for ``quality check``: ``--store`` (must open), else the configured
+    ``QUALITY_STORE`` when its folder exists, else None (the store checks are not run)."""
+    from quality.store import open_store
+
+    if store is not None:
+        return open_store(store)
+    configured = get_settings().store
+    try:
+        return open_store(configured)
+    except QualityError:
+        err.print(
+            f"note: store {configured!r} cannot be opened; the file and near-duplicate "
+            "checks are not run (give --store)",
+            highlight=False,
+        )
+        return None
+
+
+def _check_table(report: Any) -> None:
+    from rich.table import Table
+
+    marks = {"passed": "[green]PASS[/]", "failed": "[red]FAIL[/]", "not_run": "[dim]SKIP[/]"}
+    table = Table(title=f"data tests of {report.scope.dataset} {report.scope.version}")
+    for col in ("", "check", "severity", "failed", "checked", "what was found"):
+        table.add_column(col, overflow="fold")
+    for o in report.outcomes:
+        name = o.name + (f" (line {o.line})" if o.line is not None else "")
+        failed = f"{o.n_failed:,}" if o.status == "failed" else ""
+        table.add_row(marks[o.status], name, o.severity, failed, f"{o.n_checked:,}", o.message)
+    out.print(table)
+    verdict = "[green]PASSED[/]" if report.passed else "[red]FAILED[/]"
+    run = f" (run {report.run_id})" if report.run_id is not None else " (not saved)"
+    out.print(f"{verdict}{run}: an error-severity check failing fails the run")
+
+
+@app.command()
+def check(
+    dataset: Annotated[str, typer.Argument(help="Dataset name or id.")],
+    rules: Annotated[
+        Path | None, typer.Option("--rules", help="Analysts' rules file (YAML).")
+    ] = None,
+    reference: Annotated[
+        str | None,
+        typer.Option("--reference", help="Distribution reference: a version, or START..END dates."),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Version to check (default: newest).")
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option("--store", help="Image store (default: QUALITY_STORE).")
+    ] = None,
+    suggest: Annotated[
+        Path | None,
+        typer.Option("--suggest-rules", help="Write rules derived from the version here."),
+    ] = None,
+    no_save: Annotated[
+        bool, typer.Option("--no-save", help="Do not store the run in check_runs.")
+    ] = False,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Data tests of a dataset version: built-in checks, rules, distribution against a
+    reference; exit 1 when an error-severity check fails."""
+    from sqlalchemy.orm import Session
+
+    from quality.checks import run_checks, suggest_rules
+    from quality.rules import load_rules
+
+    settings = get_settings(db_url=db)
+    engine = _engine(settings.db_url)
+    emb_dir = None
+    if engine.url.get_backend_name() == "sqlite" and engine.url.database:
+        candidate = Path(engine.url.database).parent / "embeddings"
+        emb_dir = candidate if candidate.is_dir() else None
+    try:
+        ruleset = load_rules(rules) if rules is not None else None
+        image_store = _check_store(store)
+        with Session(engine) as session:
+            if suggest is not None:
+                text = suggest_rules(session, dataset, version)
+                suggest.write_text(text, encoding="utf-8")
+                err.print(f"wrote suggested rules to {suggest}", highlight=False)
+            report = run_checks(
+                session,
+                dataset,
+                version=version,
+                rules=ruleset,
+                reference=reference,
+                store=image_store,
+                embeddings_dir=emb_dir,
+                save=not no_save,
+            )
+    except (QualityError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    _emit(report.as_dict(), as_json, lambda: _check_table(report))
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 # --- drift ---
+
+
+@app.command()
+def drift(
+    dataset: Annotated[str, typer.Argument(help="Dataset name or id ('all': every image).")],
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Reference period START:END (ISO dates; default: first 4 weeks)."),
+    ] = None,
+    current: Annotated[
+        str | None,
+        typer.Option(help="Current period START:END (default: after the reference to the end)."),
+    ] = None,
+    window: Annotated[str, typer.Option(help="Window length: 7D, 1W, 14D, ...")] = "7D",
+    by: Annotated[str, typer.Option(help="Subgroup column (source, manufacturer, ...; none).")] = (
+        "source"
+    ),
+    test: Annotated[
+        list[str] | None,
+        typer.Option("--test", help="Per-column test override COLUMN=TEST (repeatable)."),
+    ] = None,
+    alpha: Annotated[float, typer.Option(help="Benjamini-Hochberg FDR level.")] = 0.05,
+    report: Annotated[
+        str | None,
+        typer.Option("--report", help="Write a monitoring report instead: md | html."),
+    ] = None,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Report file (default: stdout).")
+    ] = None,
+    period: Annotated[str, typer.Option(help="Report period: 8h, 1D, 7D, ...")] = "1D",
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Drift and missing-input alerts per window and source (exit 1 when an alert fires)."""
+    from rich.table import Table
+    from sqlalchemy.orm import Session
+
+    from quality.drift import (
+        build_drift_report,
+        monitoring_report,
+        parse_date_range,
+        parse_period,
+        parse_test_overrides,
+    )
+
+    if report is not None and report not in ("md", "html"):
+        raise _fail(f"--report must be md or html, not {report!r}")
+    try:
+        ref = parse_date_range(reference, option="--reference")
+        cur = parse_date_range(current, option="--current")
+        parse_period(window, option="--window")
+        parse_period(period, option="--period", whole_days=False)
+        tests = parse_test_overrides(test)
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    scope = None if dataset.strip().lower() == "all" else dataset
+    group = None if by.strip().lower() in ("", "none") else by
+    engine = _engine(db)
+    try:
+        with Session(engine) as session:
+            if report is not None:
+                text, result = monitoring_report(
+                    session, scope, period=period, since=cur[0], until=cur[1],
+                    format=report, reference=ref, by=group, tests=tests, alpha=alpha,
+                )  # fmt: skip
+            else:
+                built = build_drift_report(
+                    session, scope, reference=ref, current=cur, window=window, by=group,
+                    tests=tests, alpha=alpha,
+                )  # fmt: skip
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+
+    if report is not None:
+        if out_file is not None:
+            out_file.write_text(text, encoding="utf-8")
+        payload = {
+            "report": str(out_file) if out_file else None,
+            "format": report,
+            "alerted": result.alerted,
+            "n_alerts": len(result.alerts),
+        }
+        if as_json:
+            _emit(payload, True, lambda: None)
+        elif out_file is None:
+            sys.stdout.write(text)
+        else:
+            err.print(f"wrote {out_file}", highlight=False)
+        raise typer.Exit(1 if result.alerted else 0)
+
+    def human() -> None:
+        r = built.result
+        out.print(
+            f"dataset {built.dataset or 'all images'}: {len(built.features):,} images; "
+            f"reference {r.reference[0]} – {r.reference[1]}, current {r.current[0]} – "
+            f"{r.current[1]}, {r.n_windows} windows of {r.window_days} d × {len(r.scopes)} "
+            "scopes",
+            highlight=False,
+        )
+        if not built.alerted:
+            out.print("[green]no alert[/]")
+            return
+        table = Table(title="Alerts", show_lines=False)
+        for col in ("kind", "scope", "window", "what", "detail"):
+            table.add_column(col, overflow="fold")
+        for rec in r.alerts.to_dict("records"):
+            table.add_row(
+                rec["kind"], rec["scope"], f"{rec['window_start']} – {rec['window_end']}",
+                str(rec["what"]), rec["detail"],
+            )  # fmt: skip
+        out.print(table)
+
+    _emit(built.as_dict(), as_json, human)
+    raise typer.Exit(1 if built.alerted else 0)
+
+
+# --- eda ---
+
+
+@app.command()
+def eda(
+    dataset: Annotated[str, typer.Argument(help="Dataset name or id.")],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Automatic profile of a dataset's metadata, labels, coverage and missing values."""
+    from sqlalchemy.orm import Session
+
+    from quality.db.queries import resolve_dataset
+    from quality.eda import eda_profile
+
+    try:
+        engine = _engine(db)
+        with Session(engine) as session:
+            profile = eda_profile(session, resolve_dataset(session, dataset))
+    except (QualityError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    payload = profile.as_dict()
+
+    def human() -> None:
+        out.print(f"[bold]{dataset}[/]: {profile.n_images} images")
+        for fact in profile.facts:
+            out.print(f"  • {fact.message}", highlight=False)
+
+    _emit(payload, as_json, human)
+
+
+# --- review-export ---
+
+# --- rank ---
 
 
 @app.command("app")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from sqlalchemy import inspect
 from typer.testing import CliRunner
 
 from quality.cli import app
-from quality.db.session import make_engine
+from quality.db.session import make_engine, upgrade
 
 runner = CliRunner()
 
@@ -43,3 +44,19 @@ def test_demo_rejects_unknown_size(tmp_path):
     res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--size", "huge"])
     assert res.exit_code == 2
     assert "--size" in res.stderr
+
+
+def test_eda_command_json_and_unknown_dataset(tiny_demo: Path, tmp_path: Path) -> None:
+    """`quality eda` prints the profile as JSON; an unknown dataset exits 2 naming the known ones."""
+    from conftest import copy_demo_db
+
+    url = copy_demo_db(tiny_demo, tmp_path)
+    upgrade(make_engine(url))
+    result = runner.invoke(app, ["eda", "chest-xray-demo", "--db", url, "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    by_source = {r["value"]: r["n_images"] for r in payload["distributions"]["source"]}
+    assert sum(by_source.values()) == payload["n_images"] > 0
+    bad = runner.invoke(app, ["eda", "no-such-dataset", "--db", url])
+    assert bad.exit_code == 2
+    assert "chest-xray-demo" in bad.stderr
