@@ -243,19 +243,30 @@ def study_viewer(study_uid: str) -> None:
         "Series", series, key=f"browser_series_{study_uid}", format_func=labels.__getitem__
     )
     in_series = images[images["series_uid"] == chosen].reset_index(drop=True)
-    index = 0
     if len(in_series) > 1:
-        index = (
-            c_slice.slider("Slice / image", 1, len(in_series), 1, key=f"browser_slice_{chosen}") - 1
-        )
+        # Slices in geometric order (position along the normal), not just instance numbers.
+        ordered = viewer.series_slices(chosen)
+        if len(ordered) == len(in_series):
+            in_series = ordered
+    index = viewer.slice_slider(
+        len(in_series), key=f"browser_slice_{chosen}", label="Slice / image", container=c_slice
+    )
     row = in_series.iloc[index]
+    # Every model version's predictions, the reference labels and review corrections are
+    # shown; doctors' annotations start hidden (many per image) and are one click away.
+    overlays = viewer.image_overlays(int(row["image_id"]))
     view, header = st.columns([1, 1])
     with view:
         st.caption(
             f"SOP {row['sop_uid']} · {row['cols']}×{row['rows']} px · "
             f"{row['photometric'] or '?'} · {int(row['n_frames'])} frame(s)"
         )
-        viewer.render_image_viewer(str(row["uri"]), key="browser_viewer")
+        viewer.render_image_viewer(
+            str(row["uri"]),
+            key="browser_viewer",
+            overlays=overlays,
+            hidden_groups=("annotation",),
+        )
     with header:
         st.caption("DICOM header (PHI masked)")
         viewer.render_header_table(str(row["uri"]), key="browser_header")
