@@ -483,7 +483,9 @@ def _check_table(report: Any) -> None:
 
     marks = {"passed": "[green]PASS[/]", "failed": "[red]FAIL[/]", "not_run": "[dim]SKIP[/]"}
     table = Table(title=f"data tests of {report.scope.dataset} {report.scope.version}")
-    for col in ("", "check", "severity", "failed", "checked", "what was found"):
+    table.add_column("")
+    table.add_column("check", no_wrap=True)  # whole names: they are what users grep for
+    for col in ("severity", "failed", "checked", "what was found"):
         table.add_column(col, overflow="fold")
     for o in report.outcomes:
         name = o.name + (f" (line {o.line})" if o.line is not None else "")
@@ -551,6 +553,7 @@ def check(
                 store=image_store,
                 embeddings_dir=emb_dir,
                 save=not no_save,
+                workers=min(4, os.cpu_count() or 1),
             )
     except (QualityError, OSError) as exc:
         raise _fail(str(exc)) from exc
@@ -709,7 +712,177 @@ def eda(
 
 # --- review-export ---
 
+
+@app.command("review-export")
+def review_export(
+    model_version: Annotated[
+        str | None,
+        typer.Option(
+            "--model-version", help="MODEL:VERSION, a version name, or an id (default: all)."
+        ),
+    ] = None,
+    session_id: Annotated[
+        int | None, typer.Option("--session", help="Only the predictions of this review session.")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv | json")] = "csv",
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the export here instead of stdout.")
+    ] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Export clinicians' spot-check verdicts, one row per (prediction, reviewer), with the
+    agreement per model version (exit 0: an export is not a check)."""
+    from sqlalchemy.orm import Session
+
+    from quality.review import (
+        export_reviews,
+        resolve_model_version,
+        review_summary,
+        reviews_to_csv,
+        reviews_to_records,
+    )
+
+    if fmt not in ("csv", "json"):
+        raise _fail(f"--format must be one of csv, json, not {fmt!r}")
+    engine = _engine(db)
+    try:
+        with Session(engine) as session:
+            mv = resolve_model_version(session, model_version) if model_version else None
+            rows = export_reviews(session, model_version_id=mv, review_session_id=session_id)
+            summary = review_summary(session, model_version_id=mv, review_session_id=session_id)
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    records = reviews_to_records(rows)
+    if fmt == "csv":
+        text = reviews_to_csv(rows)
+    else:
+        text = json.dumps(records, indent=2) + "\n"
+    if out_file is not None:
+        try:
+            out_file.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            raise _fail(f"cannot write {out_file}: {exc}") from exc
+    if as_json:
+        payload = {
+            "model_version_id": mv,
+            "session_id": session_id,
+            "n_reviews": len(rows),
+            "out": str(out_file) if out_file is not None else None,
+            "agreement": summary.as_dict()["by_version"],
+        }
+        if out_file is None:
+            payload["reviews"] = records
+        _emit(payload, True, lambda: None)
+    elif out_file is None:
+        sys.stdout.write(text)
+    else:
+        err.print(f"wrote {len(rows)} verdicts to {out_file}", highlight=False)
+
+
 # --- rank ---
+
+
+@app.command()
+def rank(
+    dataset: Annotated[str, typer.Argument(help="Dataset name or id.")],
+    model_version: Annotated[
+        str,
+        typer.Option(
+            "--model-version", help="Model version: its id, MODEL:VERSION, or a unique version."
+        ),
+    ],
+    strategy: Annotated[
+        str, typer.Option(help="entropy | margin | committee | diversity | random")
+    ] = "entropy",
+    budget: Annotated[int, typer.Option(min=1, help="Images in the worklist.")] = 100,
+    task: Annotated[
+        str | None,
+        typer.Option("--task", help="Labeling task id or name (default: the model's task)."),
+    ] = None,
+    pool: Annotated[
+        str,
+        typer.Option(help="unannotated (no annotation in the task) | no-gold (no gold label)"),
+    ] = "unannotated",
+    seed: Annotated[int, typer.Option(help="Random seed (ties, random start).")] = 0,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write the worklist CSV here.")
+    ] = None,
+    embeddings_dir: Annotated[
+        Path | None,
+        typer.Option("--embeddings-dir", help="Embedding files (default: beside a SQLite DB)."),
+    ] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rank a dataset's unlabeled images for labeling (active learning) and export the
+    worklist as CSV (exit 0: a worklist is not a check)."""
+    from rich.table import Table
+    from sqlalchemy.orm import Session
+
+    from quality.db.queries import resolve_dataset
+    from quality.models import POOLS, STRATEGIES, build_worklist, resolve_model_version
+
+    if strategy not in STRATEGIES:
+        raise _fail(f"--strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
+    pool_name = pool.strip().replace("-", "_")
+    if pool_name not in POOLS:
+        raise _fail(f"--pool must be unannotated or no-gold, not {pool!r}")
+    engine = _engine(db)
+    if embeddings_dir is None and engine.url.get_backend_name() == "sqlite" and engine.url.database:
+        embeddings_dir = Path(engine.url.database).parent / "embeddings"
+    try:
+        with Session(engine) as session:
+            worklist = build_worklist(
+                session,
+                resolve_dataset(session, dataset),
+                resolve_model_version(session, model_version),
+                strategy=strategy,  # type: ignore[arg-type]
+                budget=budget,
+                task_id=_resolve_task(session, task) if task is not None else None,
+                pool=pool_name,  # type: ignore[arg-type]
+                embeddings_dir=embeddings_dir,
+                seed=seed,
+            )
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    if out_file is not None:
+        out_file.write_text(worklist.to_csv(), encoding="utf-8")
+    payload = worklist.as_dict() | {"out": str(out_file) if out_file else None}
+
+    def human() -> None:
+        v = worklist.model_version
+        out.print(
+            f"{worklist.strategy} worklist of task {worklist.task_name!r} by {v.model} "
+            f"{v.version}: {len(worklist.items):,} of {worklist.n_ranked:,} rankable "
+            f"({worklist.n_pool:,} in the {worklist.pool} pool)",
+            highlight=False,
+        )
+        if worklist.n_pool == 0:
+            other = "no-gold" if worklist.pool == "unannotated" else "unannotated"
+            out.print(f"every image of the dataset is labelled in this pool; try --pool {other}")
+            return
+        table = Table("rank", "image", "source", "split", "score", "label", "priority")
+        for rec in worklist.items.head(20).to_dict("records"):
+            score = "" if rec["score"] != rec["score"] else f"{rec['score']:.3f}"
+            table.add_row(
+                str(rec["rank"]), str(rec["image_id"]), str(rec["source"]), str(rec["split"]),
+                score, str(rec["predicted_label"] or ""), f"{rec['priority']:.3f}",
+            )  # fmt: skip
+        out.print(table)
+        mix = worklist.class_mix
+        expected = mix[mix["kind"] == "expected"]
+        out.print(
+            "expected class mix: "
+            + ", ".join(
+                f"{c} {n:.1f}" for c, n in zip(expected["class"], expected["n"], strict=True)
+            ),
+            highlight=False,
+        )
+        if out_file is not None:
+            err.print(f"wrote {out_file}", highlight=False)
+
+    _emit(payload, as_json, human)
 
 
 @app.command("app")

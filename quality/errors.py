@@ -116,3 +116,88 @@ class DatasetNotFoundError(QualityError, ValueError):
         self.name, self.known = name, known
         listed = ", ".join(known) if known else "none; run `quality demo` or create one"
         super().__init__(f"unknown dataset {name!r}; known datasets: {listed}")
+
+
+class VersionNotFoundError(QualityError, ValueError):
+    """A dataset version the dataset does not have; lists the known versions."""
+
+    def __init__(self, dataset: str, version: str, known: list[str]) -> None:
+        self.dataset, self.version, self.known = dataset, version, known
+        listed = ", ".join(known) if known else "none; run `quality dataset snapshot`"
+        super().__init__(
+            f"dataset {dataset!r} has no version {version!r}; known versions: {listed}"
+        )
+
+
+class CardFieldError(QualityError, ValueError):
+    """A dataset-card free-text field that cannot be saved: names the field."""
+
+    def __init__(self, dataset: str, field: str, message: str) -> None:
+        self.dataset, self.field = dataset, field
+        super().__init__(f"dataset {dataset!r}: card field {field!r}: {message}")
+
+
+class SnapshotError(QualityError, ValueError):
+    """A dataset snapshot that cannot be made (nothing to freeze, a concurrent snapshot)."""
+
+    def __init__(self, dataset: str, message: str) -> None:
+        self.dataset = dataset
+        super().__init__(f"dataset {dataset!r}: cannot snapshot: {message}")
+
+
+class SchemaOutdatedError(QualityError, RuntimeError):
+    """The DB schema is older than the code: names the missing table or column."""
+
+    def __init__(self, url: str, missing: str) -> None:
+        self.url, self.missing = url, missing
+        super().__init__(
+            f"database {url} lacks {missing}: its schema is older than this version of the "
+            f"workbench; run `quality db upgrade --db {url}`"
+        )
+
+
+__all__ += ["CardFieldError", "SchemaOutdatedError", "SnapshotError", "VersionNotFoundError"]
+
+
+class DriftInputError(QualityError, ValueError):
+    """Bad input to drift monitoring: names the field (a CLI option, a column) at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
+__all__ += ["DriftInputError"]
+
+
+class ReviewInputError(QualityError, ValueError):
+    """Bad input to the spot-check (``quality.review``): names the field at fault, such as
+    ``strategy``, ``corrected_bbox`` or ``--model-version``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
+class ReviewWriteError(QualityError, RuntimeError):
+    """A verdict (or review session) that could not be written: names the prediction and
+    the reviewer, and the database's reason. Nothing was saved."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what, self.reason = what, reason
+        super().__init__(f"{what} was not saved: {reason}")
+
+
+__all__ += ["ReviewInputError", "ReviewWriteError"]
+
+
+class ModelInputError(QualityError, ValueError):
+    """Bad input to model comparison or active-learning ranking: names the field (a model
+    version, a task, a CLI option) at fault and, where useful, the valid values."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
+__all__ += ["ModelInputError"]
