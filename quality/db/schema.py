@@ -29,12 +29,14 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
     "ANNOTATOR_KINDS",
+    "LABEL_BASES",
     "MODEL_STATUSES",
     "SPLITS",
     "TASK_KINDS",
@@ -61,6 +63,7 @@ __all__ = [
     "Source",
     "Study",
     "User",
+    "VersionLabel",
 ]
 
 TASK_KINDS = ("classification", "bbox", "mask")
@@ -68,6 +71,7 @@ SPLITS = ("train", "val", "test")
 MODEL_STATUSES = ("production", "shadow", "candidate", "retired")
 ANNOTATOR_KINDS = ("doctor", "expert")
 VERDICTS = ("agree", "disagree", "unsure")
+LABEL_BASES = ("gold", "majority", "tie")
 
 # Stable constraint names make Alembic migrations portable between SQLite and PostgreSQL.
 NAMING = {
@@ -222,6 +226,12 @@ class Dataset(Base):
     description: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[created]
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    card_fields: Mapped[dict[str, Any]] = mapped_column(
+        JSON,
+        default=dict,
+        server_default="{}",
+        comment="owner-written dataset-card text: field name -> text (quality.card.CARD_FIELDS)",
+    )
 
     versions: Mapped[list[DatasetVersion]] = relationship(back_populates="dataset")
 
@@ -237,6 +247,12 @@ class DatasetVersion(Base):
     version: Mapped[str] = mapped_column(String(32))
     content_hash: Mapped[str] = mapped_column(String(64), comment="sha256 over sorted items")
     note: Mapped[str | None] = mapped_column(Text)
+    labels_frozen: Mapped[bool] = mapped_column(
+        Boolean,
+        default=False,
+        server_default=false(),
+        comment="True when version_labels holds this version's labels (made by a snapshot)",
+    )
     created_at: Mapped[created]
 
     dataset: Mapped[Dataset] = relationship(back_populates="versions")
@@ -255,6 +271,32 @@ class DatasetItem(Base):
     )
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
     split: Mapped[str] = mapped_column(String(8), index=True)
+
+
+class VersionLabel(Base):
+    """The image-level class of each item of a version, frozen when the version was made.
+
+    One row per (version, classification task, image) that had a usable label at snapshot
+    time (:func:`quality.snapshot.snapshot`): the newest ``gold`` reference label, else the
+    majority of the annotators' newest labels (``label`` NULL when the top count is tied).
+    Versions are immutable, so these rows are never updated; they let a version's class
+    balance and the label changes between two versions be read back exactly.
+    """
+
+    __tablename__ = "version_labels"
+    __table_args__ = (
+        UniqueConstraint("version_id", "task_id", "image_id"),
+        CheckConstraint(_in("basis", LABEL_BASES), name="basis_valid"),
+    )
+
+    id: Mapped[bigpk]
+    version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id", ondelete="CASCADE"))
+    task_id: Mapped[int] = mapped_column(
+        ForeignKey("labeling_tasks.id", ondelete="CASCADE"), index=True
+    )
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    label: Mapped[str | None] = mapped_column(String(64), comment="NULL when the vote is tied")
+    basis: Mapped[str] = mapped_column(String(8), comment="gold | majority | tie")
 
 
 # --------------------------------------------------------------------------- labels
@@ -482,3 +524,73 @@ class AuditLog(Base):
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str | None] = mapped_column(String(256))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+# --------------------------------------------------------------------------- review sessions
+
+REVIEW_STRATEGIES = ("random", "stratified", "lowest_confidence", "disagreement", "ood")
+
+
+class ReviewSession(Base):
+    """A spot-check sample of one model version's predictions, saved so it can be resumed.
+
+    The sample is drawn by :func:`quality.review.sample_predictions` and is reproducible:
+    the same predictions, strategy, parameters and seed give the same items in the same
+    order. The items themselves are stored (:class:`ReviewSessionItem`), so a session keeps
+    its sample even when predictions are added later.
+    """
+
+    __tablename__ = "review_sessions"
+    __table_args__ = (
+        CheckConstraint(_in("strategy", REVIEW_STRATEGIES), name="strategy_valid"),
+        CheckConstraint("sample_size >= 0", name="sample_size_nonneg"),
+        CheckConstraint("seed >= 0", name="seed_nonneg"),
+        {"comment": "spot-check samples of predictions (quality.review)"},
+    )
+
+    id: Mapped[intpk]
+    name: Mapped[str] = mapped_column(String(128), comment="shown in the session picker")
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="CASCADE"), index=True
+    )
+    dataset_id: Mapped[int | None] = mapped_column(
+        ForeignKey("datasets.id", ondelete="SET NULL"),
+        index=True,
+        comment="predictions on this dataset's newest version only; NULL: all images",
+    )
+    strategy: Mapped[str] = mapped_column(
+        String(32), comment="random | stratified | lowest_confidence | disagreement | ood"
+    )
+    params: Mapped[dict[str, Any]] = mapped_column(
+        JSON, default=dict, comment="strategy parameters (consensus method, scorer version)"
+    )
+    seed: Mapped[int] = mapped_column(Integer, comment="seed of numpy.random.default_rng")
+    sample_size: Mapped[int] = mapped_column(
+        Integer, comment="items drawn (at most the size asked for)"
+    )
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), index=True
+    )
+    created_at: Mapped[created]
+
+
+class ReviewSessionItem(Base):
+    """One prediction of a review session, at its position in the review order."""
+
+    __tablename__ = "review_session_items"
+    __table_args__ = (
+        UniqueConstraint("session_id", "position"),
+        UniqueConstraint("session_id", "prediction_id"),
+        CheckConstraint("position >= 0", name="position_nonneg"),
+    )
+
+    id: Mapped[bigpk]
+    # Indexed by the two unique constraints, whose first column it is.
+    session_id: Mapped[int] = mapped_column(ForeignKey("review_sessions.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(Integer, comment="0-based place in the review order")
+    prediction_id: Mapped[int] = mapped_column(
+        ForeignKey("predictions.id", ondelete="CASCADE"), index=True
+    )
+
+
+__all__ += ["REVIEW_STRATEGIES", "ReviewSession", "ReviewSessionItem"]

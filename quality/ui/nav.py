@@ -60,13 +60,16 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("image_quality", "pages/image_quality.py", "Image quality", "🩻", "Explore"),
     PageSpec("doctors", "pages/doctors.py", "Doctors", "🩺", "Labeling"),
     PageSpec("agreement", "pages/agreement.py", "Agreement", "🤝", "Labeling"),
+    PageSpec("worklist", "pages/worklist.py", "Labeling worklist", "📝", "Labeling"),
+    PageSpec("spot_check", "pages/spot_check.py", "Spot-check", "🔬", "Models"),
+    PageSpec("models", "pages/models.py", "Models", "🤖", "Models"),
     PageSpec("data_tests", "pages/data_tests.py", "Data tests", "✅", "Monitoring"),
     PageSpec("drift", "pages/drift.py", "Drift", "🌊", "Monitoring"),
 )
 
 ROLE_PAGES: dict[str, frozenset[str]] = {
     "admin": frozenset(p.key for p in PAGES),
-    "labeling manager": frozenset({"overview", "dataset_card", "doctors", "agreement"}),
+    "labeling manager": frozenset({"overview", "dataset_card", "doctors", "agreement", "worklist"}),
     "data scientist": frozenset(
         {
             "overview",
@@ -77,9 +80,12 @@ ROLE_PAGES: dict[str, frozenset[str]] = {
             "agreement",
             "data_tests",
             "drift",
+            "worklist",
+            "spot_check",
+            "models",
         }
     ),
-    "clinician": frozenset({"browser"}),
+    "clinician": frozenset({"browser", "spot_check"}),
 }
 
 
