@@ -13,7 +13,9 @@ PYTEST_ARGS ?=
 # torch: the CPU wheel pin on machines without CUDA (any other spec pulls GBs of CUDA wheels).
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 
-.PHONY: install system-deps demo run test lint bench clean
+PEERS_STAMP := bench/.peers-venv/.recipe
+
+.PHONY: install system-deps peers demo run test lint bench clean
 
 install: $(STAMP)
 
@@ -30,6 +32,13 @@ $(STAMP): pyproject.toml Makefile
 system-deps:
 	@bash scripts/system-deps.sh
 
+# Peers that need older stacks (Evidently 0.7 needs pandas < 3) live in their own venv, so the
+# project's pins never move. Tests compare our drift statistics with Evidently's through it.
+peers: $(PEERS_STAMP)
+
+$(PEERS_STAMP): bench/peers_venv.sh
+	@bash bench/peers_venv.sh $(PYTHON)
+
 demo: install
 	@if [ ! -f $(DEMO_DB) ] || [ ! -f data_samples/demo_truth.json ]; then \
 		echo "building demo data into data_samples/ ..."; \
@@ -43,7 +52,7 @@ demo: install
 run: demo
 	$(BIN)/quality app --port $(PORT)
 
-test: install system-deps
+test: install system-deps peers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

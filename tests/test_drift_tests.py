@@ -385,3 +385,99 @@ def test_drift_table_all_missing_column() -> None:
     table = drift_table(reference, current).set_index("column")
     assert math.isnan(table.loc["x", "p_value"]) and not table.loc["x", "drifted"]
     assert table.loc["y", "p_adjusted"] == pytest.approx(table.loc["y", "p_value"])
+
+
+# ----------------------------------------------------------------- Evidently flavour
+
+
+def test_unknown_flavor_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match="default, evidently"):
+        run_test([1.0, 2.0], [1.0, 2.0], test="ks", flavor="scipy")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="flavor"):
+        drift_table(pd.DataFrame({"x": [1.0]}), pd.DataFrame({"x": [1.0]}), flavor="x")  # type: ignore[arg-type]
+
+
+def test_evidently_chisquare_is_goodness_of_fit() -> None:
+    ref = pd.Series(["a"] * 30 + ["b"] * 50 + ["c"] * 20)
+    cur = pd.Series(["a"] * 10 + ["b"] * 40 + ["c"] * 50)
+    expected = stats.chisquare([10, 40, 50], [30, 50, 20])  # n_cur / n_ref = 1
+    result = run_test(ref, cur, test="chisquare", flavor="evidently")
+    assert result.statistic == pytest.approx(float(expected.statistic), rel=1e-12)
+    assert result.p_value == pytest.approx(float(expected.pvalue), rel=1e-12)
+
+
+def test_goodness_of_fit_is_anticonservative_for_equal_sizes() -> None:
+    """The documented reason for the default: same distribution, equal sizes."""
+    rng = np.random.default_rng(12)
+    labels = np.array(list("abcde"))
+    alarms = {"default": 0, "evidently": 0}
+    for _ in range(300):
+        ref = pd.Series(labels[rng.integers(0, 5, 400)])
+        cur = pd.Series(labels[rng.integers(0, 5, 400)])
+        for flavor in alarms:
+            alarms[flavor] += run_test(ref, cur, test="chisquare", flavor=flavor).drifted  # type: ignore[arg-type]
+    assert alarms["default"] / 300 <= 0.08
+    assert alarms["evidently"] / 300 >= 0.15  # about 2 x chi2(4) under no drift
+
+
+def test_evidently_binning_sturges_and_per_value() -> None:
+    rng = np.random.default_rng(1)
+    ref, cur = rng.normal(size=300), rng.normal(0.3, 1.0, size=200)
+    edges = np.histogram_bin_edges(np.r_[ref, cur], bins="sturges")
+    p = np.histogram(ref, edges)[0] / ref.size
+    q = np.histogram(cur, edges)[0] / cur.size
+    js = run_test(ref, cur, test="jensenshannon", flavor="evidently")
+    assert js.statistic == pytest.approx(float(distance.jensenshannon(p, q)), rel=1e-12)
+    # 20 distinct values or fewer: counted per value (the default bins above 10).
+    few_ref = np.arange(300.0) % 15
+    few_cur = np.arange(200.0) % 12
+    shares_ref = np.bincount(few_ref.astype(int), minlength=15) / 300
+    shares_cur = np.bincount(few_cur.astype(int), minlength=15) / 200
+    js_few = run_test(few_ref, few_cur, test="jensenshannon", flavor="evidently")
+    assert js_few.statistic == pytest.approx(
+        float(distance.jensenshannon(shares_ref, shares_cur)), rel=1e-12
+    )
+    assert run_test(few_ref, few_cur, test="jensenshannon").statistic != pytest.approx(
+        js_few.statistic
+    )
+
+
+def test_evidently_psi_zero_fill() -> None:
+    # Reference: one "r" in 20 000 (share 5e-5 <= 1e-4): its empty bin "s" gets 5e-11.
+    ref = pd.Series(["r"] + ["a"] * 9999 + ["b"] * 10000)
+    cur = pd.Series(["a"] * 50 + ["b"] * 40 + ["s"] * 10)
+    r = np.array([9999, 10000, 1, 0]) / 20000  # categories a, b, r, s
+    c = np.array([50, 40, 0, 10]) / 100
+    r_ev, c_ev = r.copy(), c.copy()
+    r_ev[3] = (1 / 20000) / 1e6
+    c_ev[2] = 1e-4
+    expected = float(np.sum((c_ev - r_ev) * np.log(c_ev / r_ev)))
+    assert run_test(ref, cur, test="psi", flavor="evidently").statistic == pytest.approx(
+        expected, rel=1e-12
+    )
+    r[3], c[2] = 1e-4, 1e-4
+    default = float(np.sum((c - r) * np.log(c / r)))
+    assert run_test(ref, cur, test="psi").statistic == pytest.approx(default, rel=1e-12)
+
+
+def test_wasserstein_with_ties_equals_scipy() -> None:
+    rng = np.random.default_rng(2)
+    ref = rng.integers(0, 7, 5000).astype(float)
+    cur = rng.integers(1, 9, 3000).astype(float)
+    result = run_test(ref, cur, test="wasserstein")
+    assert result.statistic == float(stats.wasserstein_distance(ref, cur)) / float(np.std(ref))
+
+
+def test_categorical_counts_in_native_dtypes() -> None:
+    """Arrow strings, categoricals (unused categories dropped) and objects agree."""
+    values_ref = ["x"] * 30 + ["y"] * 20 + ["z"] * 10
+    values_cur = ["x"] * 10 + ["y"] * 30 + ["z"] * 20
+    expected = run_test(
+        pd.Series(values_ref, dtype=object), pd.Series(values_cur, dtype=object), test="chisquare"
+    )
+    cat = pd.CategoricalDtype(["w", "x", "y", "z"])
+    for dtype in ("str", cat):
+        result = run_test(
+            pd.Series(values_ref, dtype=dtype), pd.Series(values_cur, dtype=dtype), test="chisquare"
+        )
+        assert (result.statistic, result.p_value) == (expected.statistic, expected.p_value)
