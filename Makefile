@@ -59,10 +59,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-bench: install demo
+bench: install demo peers
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/agreement.py
 	$(BIN)/python bench/imaging.py --with-cnn
+	$(BIN)/python bench/drift.py
+	$(BIN)/python bench/card.py
+	$(BIN)/python bench/viewer.py
+	$(BIN)/python bench/spot_check.py
+	$(BIN)/python bench/rank.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache data_samples/dicom data_samples/embeddings $(DEMO_DB)* data_samples/demo_truth.json
