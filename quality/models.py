@@ -50,7 +50,7 @@ from sqlalchemy.orm import Session, aliased
 
 from quality.agreement.categorical import CI, cohen_kappa
 from quality.agreement.consensus import DawidSkene
-from quality.db.queries import _db_errors, newest_version_id
+from quality.db.queries import _db_errors, model_version_matches, newest_version_id
 from quality.db.schema import (
     Annotation,
     DatasetItem,
@@ -562,16 +562,7 @@ def resolve_model_version(session: Session, spec: str | int) -> int:
         Unknown or ambiguous; the message lists the known versions.
     """
     text = str(spec).strip()
-    stmt = select(ModelVersion.id).join(Model, Model.id == ModelVersion.model_id)
-    if text.isdigit():
-        hits = list(session.scalars(stmt.where(ModelVersion.id == int(text))))
-    elif ":" in text:
-        model, _, version = text.rpartition(":")
-        hits = list(
-            session.scalars(stmt.where(Model.name == model, ModelVersion.version == version))
-        )
-    else:
-        hits = list(session.scalars(stmt.where(ModelVersion.version == text)))
+    hits = model_version_matches(session, spec)
     if len(hits) == 1:
         return int(hits[0])
     what = "is ambiguous (use MODEL:VERSION or the id)" if hits else "does not exist"

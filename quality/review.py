@@ -93,7 +93,7 @@ from sqlalchemy.orm import Session
 
 from quality.agreement.categorical import cohen_kappa
 from quality.agreement.consensus import DawidSkene, majority_vote
-from quality.db.queries import _as_utc, _db_errors, _latest_version_id
+from quality.db.queries import _as_utc, _db_errors, _latest_version_id, model_version_matches
 from quality.db.schema import (
     REVIEW_STRATEGIES,
     VERDICTS,
@@ -440,17 +440,7 @@ def resolve_model_version(session: Session, spec: str | int) -> int:
         Unknown or ambiguous; the message lists the known versions.
     """
     text = str(spec).strip()
-    if isinstance(spec, int) or text.isdigit():
-        found = session.scalar(select(ModelVersion.id).where(ModelVersion.id == int(text)))
-        if found is None:
-            raise _unknown_version(session, "model_version", spec)
-        return int(found)
-    model, sep, version = text.rpartition(":")
-    stmt = select(ModelVersion.id).join(Model, Model.id == ModelVersion.model_id)
-    stmt = stmt.where(ModelVersion.version == (version if sep else text))
-    if sep:
-        stmt = stmt.where(Model.name == model)
-    hits = list(session.scalars(stmt))
+    hits = model_version_matches(session, spec)
     if len(hits) == 1:
         return int(hits[0])
     if len(hits) > 1:

@@ -55,6 +55,8 @@ from quality.db.schema import (
     Image,
     IngestError,
     LabelingTask,
+    Model,
+    ModelVersion,
     Prediction,
     ReferenceLabel,
     Series,
@@ -78,6 +80,7 @@ __all__ = [
     "images_by_source",
     "ingest_error_summary",
     "list_datasets",
+    "model_version_matches",
     "resolve_dataset",
     "store_totals",
     "studies_page",
@@ -261,6 +264,22 @@ def resolve_dataset(session: Session, dataset: str | int) -> int:
         known = list(session.scalars(select(Dataset.name).order_by(Dataset.name)))
         raise DatasetNotFoundError(str(dataset), known)
     return int(found)
+
+
+def model_version_matches(session: Session, spec: str | int) -> list[int]:
+    """Ids of the model versions ``spec`` names: an id (int or digits), ``MODEL:VERSION``, or
+    a bare version name (which may match several models). Callers decide what zero or several
+    matches mean and which error to raise."""
+    text = str(spec).strip()
+    stmt = select(ModelVersion.id).join(Model, Model.id == ModelVersion.model_id)
+    if isinstance(spec, int) or text.isdigit():
+        stmt = stmt.where(ModelVersion.id == int(text))
+    elif ":" in text:
+        model, _, version = text.rpartition(":")
+        stmt = stmt.where(Model.name == model, ModelVersion.version == version)
+    else:
+        stmt = stmt.where(ModelVersion.version == text)
+    return [int(i) for i in session.scalars(stmt.order_by(ModelVersion.id))]
 
 
 @_db_errors
