@@ -144,7 +144,14 @@ def demo(
 
 @app.command()
 def ingest(
-    uri: Annotated[str, typer.Argument(help="Image store: a folder (recursive).")],
+    uri: Annotated[
+        str,
+        typer.Argument(
+            help="Image store: a folder (recursive), s3://bucket/prefix or "
+            "dicomweb+http(s)://host/dicom-web (credentials from QUALITY_S3_* / "
+            "QUALITY_DICOMWEB_* or .streamlit/secrets.toml)."
+        ),
+    ],
     workers: Annotated[int | None, typer.Option(help="Parser processes (default: cores).")] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,

@@ -10,6 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 __all__ = ["DEFAULT_DB_URL", "DEFAULT_STORE", "Settings", "get_settings"]
@@ -17,6 +18,7 @@ __all__ = ["DEFAULT_DB_URL", "DEFAULT_STORE", "Settings", "get_settings"]
 DEFAULT_DB_URL = "sqlite:///data_samples/demo.db"
 DEFAULT_STORE = "data_samples/dicom"
 DEMO_SALT = "quality-workbench-demo-salt"
+DEFAULT_THUMB_CACHE = str(Path.home() / ".cache" / "quality-workbench" / "thumbs")
 
 
 class _SecretsTomlSource(PydanticBaseSettingsSource):
@@ -46,6 +48,15 @@ class Settings(BaseSettings):
     device : torch device for image models: ``auto``, ``cpu`` or ``cuda`` (``QUALITY_DEVICE``).
     phi_salt : secret salt for pseudonymous patient keys (``QUALITY_PHI_SALT``).
     auth_file : optional users file (``QUALITY_AUTH_FILE``).
+    s3_endpoint_url : endpoint of an S3-compatible server (MinIO, Ceph, moto); None for AWS
+        (``QUALITY_S3_ENDPOINT_URL``).
+    s3_key, s3_secret : access key id and secret; None falls back to the usual AWS chain
+        (``AWS_ACCESS_KEY_ID``, ``~/.aws/credentials``, instance roles).
+    s3_region : region name, or None.
+    dicomweb_user, dicomweb_password : HTTP basic auth for DICOMweb servers.
+    dicomweb_token : bearer token for DICOMweb servers (used instead of basic auth).
+    thumb_cache_dir : folder of the local thumbnail cache (``QUALITY_THUMB_CACHE_DIR``).
+    thumb_cache_mb : size bound of that cache in MiB; the least recently used go first.
     """
 
     model_config = SettingsConfigDict(env_prefix="QUALITY_", extra="ignore")
@@ -55,6 +66,15 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     phi_salt: str = DEMO_SALT
     auth_file: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_key: str | None = Field(default=None, repr=False)
+    s3_secret: str | None = Field(default=None, repr=False)
+    s3_region: str | None = None
+    dicomweb_user: str | None = None
+    dicomweb_password: str | None = Field(default=None, repr=False)
+    dicomweb_token: str | None = Field(default=None, repr=False)
+    thumb_cache_dir: str = DEFAULT_THUMB_CACHE
+    thumb_cache_mb: float = 256.0
 
     @classmethod
     def settings_customise_sources(

@@ -30,6 +30,7 @@ applied). On top of the list, :func:`is_phi` treats every private tag, every per
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import functools
 import hashlib
@@ -50,7 +51,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
-from quality.errors import DicomReadError
+from quality.errors import DicomReadError, StoreError, StoreUnavailableError
+from quality.store import is_remote, open_uri, store_for_uri
 
 __all__ = [
     "BINARY_VRS",
@@ -356,6 +358,37 @@ def _uri(path: str | os.PathLike[str]) -> str:
     return os.fspath(path)
 
 
+def _open(path: str | os.PathLike[str]) -> BinaryIO:
+    """Open a local path or a remote ``images.uri`` (:func:`quality.store.open_uri`).
+
+    Raises
+    ------
+    DicomReadError
+        ``read_error`` when it cannot be opened (missing file, outside its store root).
+    StoreUnavailableError
+        A remote store that cannot be reached: not a defect of the file, so not mapped.
+    """
+    uri = _uri(path)
+    try:
+        return open_uri(path)
+    except StoreUnavailableError:
+        raise
+    except StoreError as exc:
+        raise DicomReadError(uri, "read_error", f"cannot open: {scrub(str(exc))}") from exc
+    except OSError as exc:
+        raise DicomReadError(uri, "read_error", f"cannot open the file: {exc.strerror}") from exc
+
+
+def _remote_call(uri: str, fn: Any) -> Any:
+    """``fn(uri)`` of a store capability, its StoreErrors mapped like :func:`_open`'s."""
+    try:
+        return fn(uri)
+    except StoreUnavailableError:
+        raise
+    except StoreError as exc:
+        raise DicomReadError(uri, "read_error", scrub(str(exc))) from exc
+
+
 def _looks_like_raw_dataset(fp: BinaryIO) -> bool:
     """A file without preamble/meta that starts with a group 0x0008 element (old ACR-NEMA style)."""
     fp.seek(0)
@@ -375,6 +408,8 @@ def _dcmread(fp: BinaryIO, uri: str, *, stop_before_pixels: bool) -> Dataset:
                 if not _looks_like_raw_dataset(fp):
                     raise
                 return pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, force=True)
+    except StoreUnavailableError:
+        raise  # the store went away while reading: not a defect of this file
     except InvalidDicomError as exc:
         raise DicomReadError(
             uri, "not_dicom", "not a DICOM file (no 'DICM' prefix and no dataset at offset 0)"
@@ -417,11 +452,11 @@ def read_header(path: str | os.PathLike[str]) -> Dataset:
         ``not_dicom``, ``truncated`` or ``read_error``, naming the file.
     """
     uri = _uri(path)
-    try:
-        fp = open(path, "rb")
-    except OSError as exc:
-        raise DicomReadError(uri, "read_error", f"cannot open the file: {exc.strerror}") from exc
-    with fp:
+    if is_remote(uri):
+        header = getattr(store_for_uri(uri), "header", None)
+        if header is not None:  # DICOMweb: WADO-RS metadata, no pixel bytes moved
+            return _remote_call(uri, header)
+    with _open(path) as fp:
         ds = _dcmread(fp, uri, stop_before_pixels=True)
     _check_header_complete(ds, uri)
     return ds
@@ -497,7 +532,7 @@ def _hash_at(fp: BinaryIO, uri: str) -> str | None:
 
 def _hash_full_read(path: str | os.PathLike[str], uri: str) -> str | None:
     """Fallback: full ``dcmread`` and ``sha256`` of the value (deflated syntaxes and oddities)."""
-    with open(path, "rb") as fp:
+    with _open(path) as fp:
         ds = _dcmread(fp, uri, stop_before_pixels=False)
     for tag in _PIXEL_TAGS:
         if tag in ds:
@@ -507,23 +542,22 @@ def _hash_full_read(path: str | os.PathLike[str], uri: str) -> str | None:
     return None
 
 
-def _read_and_hash(path: str | os.PathLike[str]) -> tuple[Dataset, str | None]:
+def _read_and_hash(path: str | os.PathLike[str]) -> tuple[Dataset, str | None, int]:
+    """Header, pixel hash and file size in bytes."""
     uri = _uri(path)
-    try:
-        fp = open(path, "rb")
-    except OSError as exc:
-        raise DicomReadError(uri, "read_error", f"cannot open the file: {exc.strerror}") from exc
-    with fp:
+    with _open(path) as fp:
+        size = fp.seek(0, os.SEEK_END)
+        fp.seek(0)
         ds = _dcmread(fp, uri, stop_before_pixels=True)
         _check_header_complete(ds, uri)
         tsyntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "") or "")
         if tsyntax in _DEFLATED:
-            return ds, _hash_full_read(path, uri)
+            return ds, _hash_full_read(path, uri), size
         try:
-            return ds, _hash_at(fp, uri)
+            return ds, _hash_at(fp, uri), size
         except LookupError:
             pass
-    return ds, _hash_full_read(path, uri)
+    return ds, _hash_full_read(path, uri), size
 
 
 def pixel_sha256(path: str | os.PathLike[str]) -> str | None:
@@ -850,7 +884,8 @@ def index_record(path: str | os.PathLike[str], *, salt: str) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``{"study": {...}, "series": {...}, "image": {...}}`` with the column values of
+        ``{"size": bytes, "study": {...}, "series": {...}, "image": {...}}`` with the file
+        size and the column values of
         :class:`~quality.db.schema.Study`, :class:`~quality.db.schema.Series` and
         :class:`~quality.db.schema.Image` (without ids, uri, size and mtime). Strings are cut
         to their column lengths. ``series.description`` is always None: SeriesDescription is
@@ -862,7 +897,7 @@ def index_record(path: str | os.PathLike[str], *, salt: str) -> dict[str, Any]:
         ``not_dicom``, ``truncated``, ``read_error``, ``missing_uid`` or ``invalid_uid``.
     """
     uri = _uri(path)
-    dataset, sha = _read_and_hash(path)
+    dataset, sha, size = _read_and_hash(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ds = _fast_values(dataset)
@@ -877,6 +912,7 @@ def index_record(path: str | os.PathLike[str], *, salt: str) -> dict[str, Any]:
         rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
         n_frames = _int(ds, "NumberOfFrames")
         return {
+            "size": size,
             "study": {
                 "study_uid": study_uid,
                 "patient_key": patient_key(_str(ds, "PatientID", 1000), salt),
@@ -1044,29 +1080,27 @@ def load_pixels(path: str | os.PathLike[str]) -> DecodedImage:
         there is no Pixel Data, ``decode_error`` when the pixels cannot be decoded.
     """
     uri = _uri(path)
-    try:
-        fp = open(path, "rb")
-    except OSError as exc:
-        raise DicomReadError(uri, "read_error", f"cannot open the file: {exc.strerror}") from exc
-    with fp:
+    with _open(path) as fp:
         ds = _dcmread(fp, uri, stop_before_pixels=False)
     if not any(t in ds for t in _PIXEL_TAGS):
         raise DicomReadError(uri, "no_pixels", "the file has no Pixel Data (SR, RT plan, ...)")
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2")
     photometric = photometric.strip().upper()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = _decode(ds, photometric)
-    except DicomReadError:
-        raise
-    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, NotImplementedError,
-            struct.error, OverflowError, MemoryError) as exc:  # fmt: skip
-        raise DicomReadError(
-            uri,
-            "decode_error",
-            f"cannot decode the pixels: {type(exc).__name__}: {scrub(str(exc))}",
-        ) from exc
+        arr = _decode_or_raise(ds, photometric, uri)
+    except DicomReadError as exc:
+        native = (
+            getattr(store_for_uri(uri), "native_pixels", None)
+            if exc.kind == "decode_error" and is_remote(uri)
+            else None
+        )
+        if native is None:
+            raise
+        # The server decodes what this client cannot (DICOMweb frames as explicit VR little
+        # endian application/octet-stream); photometric may change (YBR_* → RGB).
+        ds = _with_native_pixels(ds, _remote_call(uri, native))
+        photometric = str(ds.get("PhotometricInterpretation", photometric)).strip().upper()
+        arr = _decode_or_raise(ds, photometric, uri)
     row, col = _spacing(ds)
     monochrome = photometric.startswith("MONOCHROME")
     return DecodedImage(
@@ -1082,6 +1116,46 @@ def load_pixels(path: str | os.PathLike[str]) -> DecodedImage:
         uri=uri,
         _ds=ds,
     )
+
+
+def _decode_or_raise(ds: Dataset, photometric: str, uri: str) -> NDArray[np.float32]:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _decode(ds, photometric)
+    except DicomReadError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, RuntimeError, NotImplementedError,
+            struct.error, OverflowError, MemoryError) as exc:  # fmt: skip
+        raise DicomReadError(
+            uri,
+            "decode_error",
+            f"cannot decode the pixels: {type(exc).__name__}: {scrub(str(exc))}",
+        ) from exc
+
+
+def _with_native_pixels(ds: Dataset, native: bytes) -> Dataset:
+    """``ds`` with Pixel Data replaced by server-decoded native frames (explicit VR LE)."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = copy.deepcopy(ds)
+    for tag in _PIXEL_TAGS:
+        if tag in ds:
+            del ds[tag]
+    if len(native) % 2:
+        native += b"\x00"
+    ds.PixelData = native
+    ds["PixelData"].VR = "OW" if int(ds.get("BitsAllocated", 8) or 8) > 8 else "OB"
+    if str(ds.get("PhotometricInterpretation", "")).startswith("YBR"):
+        ds.PhotometricInterpretation = "RGB"  # servers decode YCbCr codestreams to RGB
+    if int(ds.get("SamplesPerPixel", 1) or 1) > 1:
+        ds.PlanarConfiguration = 0
+    if getattr(ds, "file_meta", None) is None:
+        from pydicom.dataset import FileMetaDataset
+
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return ds
 
 
 def _decode(ds: Dataset, photometric: str) -> NDArray[np.float32]:

@@ -46,6 +46,14 @@ class StoreError(QualityError, ValueError):
         super().__init__(f"{uri}: {message}")
 
 
+class StoreUnavailableError(StoreError, RuntimeError):
+    """A remote store that cannot be reached or keeps failing after retries.
+
+    Not a defect of one file: ingest stops (what it committed stays) instead of writing an
+    error row, and a rerun resumes.
+    """
+
+
 class DatabaseUnavailableError(QualityError, RuntimeError):
     """The annotation DB cannot be reached or queried (URL shown without password)."""
 

@@ -43,7 +43,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,8 +53,8 @@ from sqlalchemy.orm import Session
 
 from quality import dicom
 from quality.db.schema import Image, IngestError, Series, Source, Study
-from quality.errors import DicomReadError
-from quality.store import StoreEntry, open_store
+from quality.errors import DicomReadError, StoreUnavailableError
+from quality.store import StoreEntry, is_remote, open_store
 
 __all__ = ["IngestSummary", "ingest", "source_name"]
 
@@ -116,10 +116,25 @@ def source_name(entry: StoreEntry) -> str:
 # --------------------------------------------------------------------------- parsing
 
 
-def _parse_one(path: str, salt: str) -> tuple[str, Any, Any]:
-    """Worker: ``("ok", record, None)`` or ``("error", kind, message)``; never raises."""
+class _RunState:
+    """Shared by the parse calls of one run (per process with a process pool): once the
+    store is unavailable, the rest fail fast instead of retrying a dead server per file."""
+
+    def __init__(self) -> None:
+        self.unavailable: str | None = None
+
+
+def _parse_one(path: str, salt: str, state: _RunState) -> tuple[str, Any, Any]:
+    """Parse one file: ``("ok", record, None)``, ``("error", kind, message)`` or, when the
+    store cannot be reached, ``("fatal", "store_unavailable", message)``; never raises."""
+    if state.unavailable is not None:
+        return "fatal", "store_unavailable", state.unavailable
     try:
         return "ok", dicom.index_record(path, salt=salt), None
+    except StoreUnavailableError as exc:
+        # Not a defect of this file: no error row; ingest stops and a rerun resumes.
+        state.unavailable = str(exc)
+        return "fatal", "store_unavailable", state.unavailable
     except DicomReadError as exc:
         return "error", exc.kind, exc.message
     except Exception as exc:
@@ -135,16 +150,33 @@ def _mp_context() -> Any:
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 
 
-def _parse_all(paths: Sequence[str], workers: int, salt: str) -> Iterator[tuple[str, Any, Any]]:
-    """Parse results in the order of ``paths``; a process pool when ``workers > 1``."""
-    fn = functools.partial(_parse_one, salt=salt)
+def _parse_all(
+    paths: Sequence[str], workers: int, salt: str, *, remote: bool
+) -> Iterator[tuple[str, Any, Any]]:
+    """Parse results in the order of ``paths``.
+
+    Local files go to a process pool when ``workers > 1`` (header parsing and hashing are
+    CPU-bound). Remote entries go to a thread pool: the time is spent waiting on the network
+    (sockets release the GIL), the store clients and their credentials live in this process,
+    and there is no process start-up per run.
+    """
+    fn = functools.partial(_parse_one, salt=salt, state=_RunState())
     if workers <= 1 or len(paths) < 2:
         yield from map(fn, paths)
         return
-    # Few, large chunks keep IPC small; 4 chunks per worker still balance the load.
-    chunksize = max(1, min(512, math.ceil(len(paths) / (workers * 4))))
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
-        yield from pool.map(fn, paths, chunksize=chunksize)
+    pool: Executor
+    if remote:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="ingest")
+        chunks: dict[str, int] = {}
+    else:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context())
+        # Few, large chunks keep IPC small; 4 chunks per worker still balance the load.
+        chunks = {"chunksize": max(1, min(512, math.ceil(len(paths) / (workers * 4))))}
+    try:
+        yield from pool.map(fn, paths, **chunks)
+    finally:
+        # On an early exit (store unavailable, Ctrl-C) queued work is dropped, not run.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------- DB side
@@ -303,7 +335,7 @@ class _Writer:
                 row.update(
                     uri=entry.uri,
                     series_id=self._series[rec["series"]["series_uid"]],
-                    file_size=entry.size,
+                    file_size=entry.size if entry.size is not None else rec.get("size"),
                     file_mtime=entry.mtime,
                 )
                 if entry.uri in by_uri:
@@ -375,6 +407,21 @@ def _error_row(entry: StoreEntry, kind: str, message: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- entry point
 
 
+def _changed(state: _Known, entry: StoreEntry) -> bool:
+    """Whether a known file must be read again: its size or mtime differ from the stored
+    ones. A store that cannot tell (None, DICOMweb) serves immutable instances: unchanged."""
+    return (entry.size is not None and state.size != entry.size) or (
+        entry.mtime is not None and state.mtime != entry.mtime
+    )
+
+
+def _default_workers(remote: bool) -> int:
+    """Cores for local files; for remote stores more requests in flight than cores, since
+    each mostly waits on the network (bounded so a PACS is not flooded)."""
+    cores = os.cpu_count() or 1
+    return min(16, 4 * cores) if remote else cores
+
+
 def _progress_every(total: int) -> int:
     return max(1, total // 500)
 
@@ -394,8 +441,11 @@ def ingest(
     Parameters
     ----------
     session : an open session; :func:`ingest` commits on it once per batch.
-    uri : the store: a local folder or ``file://`` URL (see :func:`quality.store.open_store`).
-    workers : parser processes; default ``os.cpu_count()``. ``1`` parses in this process.
+    uri : the store: a folder, ``file://``, ``s3://bucket/prefix`` or
+        ``dicomweb+http(s)://host/root`` (see :func:`quality.store.open_store`).
+    workers : parallel parsers: processes for local folders (default ``os.cpu_count()``),
+        threads for remote stores (default ``min(16, 4 × cores)``). ``1`` parses in this
+        thread.
     salt : secret salt of :func:`quality.dicom.patient_key`.
     progress : called as ``progress(done, total, "ingest")`` while files complete.
     batch_size : files per DB batch (and per commit).
@@ -410,6 +460,9 @@ def ingest(
     ------
     StoreError
         The store cannot be opened or listed.
+    StoreUnavailableError
+        A remote store stopped answering during the run (after retries). Every batch
+        finished before that is committed; running the same ingest again resumes.
     ValueError
         ``workers`` or ``batch_size`` below 1, or an empty ``salt``.
     """
@@ -430,7 +483,7 @@ def ingest(
     error_kinds: Counter[str] = Counter()
     for entry in entries:
         state = known.get(entry.uri)
-        if state is None or state.size != entry.size or state.mtime != entry.mtime:
+        if state is None or _changed(state, entry):
             todo.append(entry)
         elif state.kind == "image":
             summary.unchanged += 1
@@ -444,19 +497,31 @@ def ingest(
     every = _progress_every(total)
     if progress is not None:
         progress(done, total, "ingest")
-    n_workers = workers if workers is not None else (os.cpu_count() or 1)
+    remote = is_remote(store.root)
+    n_workers = workers if workers is not None else _default_workers(remote)
     log.info(
         "ingest %s: %d files, %d to parse, %d workers", store.root, total, len(todo), n_workers
     )
 
     writer = _Writer(session, batch_size)
-    results = _parse_all([e.uri for e in todo], n_workers, salt)
-    for entry, result in zip(todo, results, strict=True):
-        writer.add(entry, result)
-        done += 1
-        if progress is not None and (done % every == 0 or done == total):
-            progress(done, total, "ingest")
-    writer.flush()
+    results = _parse_all([e.uri for e in todo], n_workers, salt, remote=remote)
+    try:
+        for entry, result in zip(todo, results, strict=True):
+            if result[0] == "fatal":
+                writer.flush()  # keep everything read before the store went away
+                raise StoreUnavailableError(
+                    store.root,
+                    f"ingest stopped after {done} of {total} files ({writer.outcome.indexed} "
+                    f"indexed in this run): {result[2]}. Everything read so far is saved; "
+                    "run the same ingest again to resume.",
+                )
+            writer.add(entry, result)
+            done += 1
+            if progress is not None and (done % every == 0 or done == total):
+                progress(done, total, "ingest")
+        writer.flush()
+    finally:
+        results.close()
 
     error_kinds.update(writer.outcome.errors)
     summary.indexed = writer.outcome.indexed
