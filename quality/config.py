@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     dicomweb_token : bearer token for DICOMweb servers (used instead of basic auth).
     thumb_cache_dir : folder of the local thumbnail cache (``QUALITY_THUMB_CACHE_DIR``).
     thumb_cache_mb : size bound of that cache in MiB; the least recently used go first.
+    store_retries : attempts per remote request before a store counts as unavailable.
+    store_backoff_s : first back-off delay in seconds; doubled per attempt (with jitter).
+    store_timeout_s : connect/read timeout of one remote request, in seconds.
     """
 
     model_config = SettingsConfigDict(env_prefix="QUALITY_", extra="ignore")
@@ -64,7 +67,7 @@ class Settings(BaseSettings):
     db_url: str = DEFAULT_DB_URL
     store: str = DEFAULT_STORE
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    phi_salt: str = DEMO_SALT
+    phi_salt: str = Field(default=DEMO_SALT, repr=False)
     auth_file: str | None = None
     s3_endpoint_url: str | None = None
     s3_key: str | None = Field(default=None, repr=False)
@@ -75,6 +78,9 @@ class Settings(BaseSettings):
     dicomweb_token: str | None = Field(default=None, repr=False)
     thumb_cache_dir: str = DEFAULT_THUMB_CACHE
     thumb_cache_mb: float = 256.0
+    store_retries: int = 4
+    store_backoff_s: float = 0.5
+    store_timeout_s: float = 30.0
 
     @classmethod
     def settings_customise_sources(
