@@ -892,6 +892,12 @@ def rank(
     _emit(payload, as_json, human)
 
 
+# --- users ---
+
+
+# --- phi-audit ---
+
+
 @app.command("app")
 def run_app(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
