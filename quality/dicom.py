@@ -30,7 +30,6 @@ applied). On top of the list, :func:`is_phi` treats every private tag, every per
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import functools
 import hashlib
@@ -1135,10 +1134,12 @@ def _decode_or_raise(ds: Dataset, photometric: str, uri: str) -> NDArray[np.floa
 
 
 def _with_native_pixels(ds: Dataset, native: bytes) -> Dataset:
-    """``ds`` with Pixel Data replaced by server-decoded native frames (explicit VR LE)."""
+    """``ds``, changed in place: Pixel Data replaced by server-decoded native frames (explicit VR
+    little endian)."""
     from pydicom.uid import ExplicitVRLittleEndian
 
-    ds = copy.deepcopy(ds)
+    # ``ds`` was read by the caller for this decode only: changed in place (a deepcopy of a
+    # FileDataset also touches its closed file handle).
     for tag in _PIXEL_TAGS:
         if tag in ds:
             del ds[tag]

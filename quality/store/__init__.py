@@ -20,8 +20,9 @@ come from the settings (``QUALITY_S3_*``, ``QUALITY_DICOMWEB_*`` or the ``[quali
 
 Stores may offer optional capabilities beyond the protocol, found with ``getattr``:
 
-``thumbnail(uri, max_side) -> bytes | None``
-    an image (PNG/JPEG bytes) rendered by the server (DICOMweb ``/rendered``).
+``thumbnail(uri, max_side) -> tuple[numpy.ndarray, tuple[int, int]] | None``
+    a grey uint8 image rendered by the server (DICOMweb ``/rendered``) and the original
+    ``(rows, cols)``; None when the server cannot render it.
 ``native_pixels(uri) -> bytes``
     the frames decoded by the server to explicit VR little endian, for transfer syntaxes this
     client cannot decode (see :func:`quality.dicom.load_pixels`).
