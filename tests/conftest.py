@@ -30,6 +30,15 @@ REQUIRE_SERVICES = os.environ.get("QUALITY_REQUIRE_SERVICES") == "1"
 DB_KINDS = ["sqlite", "postgresql"]
 
 
+@pytest.fixture(autouse=True)
+def _demo_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pages run in demo mode (role picker, no sign-in) unless a test says otherwise.
+
+    Access-control tests set ``QUALITY_DEMO_MODE=0`` themselves with ``monkeypatch``.
+    """
+    monkeypatch.setenv("QUALITY_DEMO_MODE", "1")
+
+
 def service_missing(what: str) -> None:
     """Skip for a missing service, or fail when services are required (CI)."""
     if REQUIRE_SERVICES:
