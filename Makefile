@@ -28,7 +28,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps "crowd-kit==1.4.2"
 	@touch $(STAMP)
 
-# Debian packages the tests talk to (a real PostgreSQL). Installed only when missing.
+# Debian packages the tests talk to (PostgreSQL, Orthanc + DICOMweb, Chromium). Installed only
+# when missing.
 system-deps:
 	@bash scripts/system-deps.sh
 
@@ -49,8 +50,10 @@ demo: install
 		$(BIN)/quality db upgrade --db sqlite:///$(DEMO_DB) --json >/dev/null; \
 	fi
 
+# The demo runs in demo mode (no sign-in, a role picker, said plainly in the sidebar); set
+# QUALITY_DEMO_MODE=0 and add users with `quality users add` to run it with sign-in.
 run: demo
-	$(BIN)/quality app --port $(PORT)
+	QUALITY_DEMO_MODE=$${QUALITY_DEMO_MODE:-1} $(BIN)/quality app --port $(PORT)
 
 test: install system-deps peers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -68,6 +71,7 @@ bench: install demo peers
 	$(BIN)/python bench/viewer.py
 	$(BIN)/python bench/spot_check.py
 	$(BIN)/python bench/rank.py
+	$(BIN)/python bench/stores.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache data_samples/dicom data_samples/embeddings $(DEMO_DB)* data_samples/demo_truth.json
