@@ -2,7 +2,9 @@
 # Installs the Debian packages the test suite needs, only when they are missing:
 # * PostgreSQL server binaries (initdb/pg_ctl) for the throwaway test cluster;
 # * Orthanc with its DICOMweb and GDCM plugins for the PACS tests (tests/orthanc_server.py
-#   starts its own Orthanc on a free loopback port with a config in a temp dir).
+#   starts its own Orthanc on a free loopback port with a config in a temp dir);
+# * Chromium for the Playwright browser journeys (tests/e2e/; Playwright drives Debian's
+#   browser, it downloads none).
 set -euo pipefail
 
 need=()
@@ -10,6 +12,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ -x /usr/sbin/Orthanc ] || need+=(orthanc)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ -e /usr/share/orthanc/plugins/libOrthancGdcm.so ] || need+=(orthanc-gdcm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
