@@ -580,18 +580,42 @@ class _Context:
 
 
 def _file_problem(store: ImageStore, uri: str) -> str | None:
-    """None when ``uri`` is a file of ``store``; else why not."""
+    """None when ``uri`` is a file of ``store``; else why not.
+
+    A local store answers from the file system. A remote store (no local path) is asked by
+    opening the entry: a URI not under the store's root is ``outside``, one the store cannot
+    open is ``not found``.
+
+    Raises
+    ------
+    StoreUnavailableError
+        The remote store cannot be reached: the check fails as a whole instead of calling
+        every image missing.
+    """
+    from quality.errors import StoreUnavailableError
+    from quality.store import is_remote
+
     try:
         path = store.local_path(uri)
+    except StoreUnavailableError:
+        raise
     except StoreError:
         return f"outside the store root {store.root}"
     if path is not None:
+        if is_remote(uri):  # a remote entry cannot be a file of a local folder
+            return f"outside the store root {store.root}"
         return None if path.is_file() else "file not found in the store"
+    # Compare without a query (a DICOMweb root may carry options) or trailing slash.
+    root = str(store.root).split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    if not uri.startswith(root + "/"):
+        return f"outside the store root {store.root}"
     try:
         with store.open(uri):
             return None
-    except (StoreError, OSError) as exc:
-        return f"cannot open: {exc}"
+    except StoreUnavailableError:
+        raise
+    except (StoreError, OSError):
+        return "file not found in the store"
 
 
 # --------------------------------------------------------------------------- registry
@@ -715,16 +739,42 @@ def _exact_duplicates(ctx: _Context) -> CheckOutcome:
 
 
 def _store_loader(store: ImageStore) -> Callable[[str], Any]:
+    """``uri -> DecodedImage`` for the images of ``store``, local or remote.
+
+    A remote store (no local path) is read through :mod:`quality.store` by URI. Once the
+    store cannot be reached, every later call fails at once with a :class:`QualityError`,
+    which the per-image error handling of the duplicate search does not swallow (a
+    :class:`~quality.errors.StoreUnavailableError` is a ``ValueError``, which it would
+    count as one undecodable image, after waiting out the retries, for every image).
+    """
     from quality.dicom import load_pixels
+    from quality.errors import StoreUnavailableError
+
+    root = str(store.root).split("?", 1)[0].split("#", 1)[0].rstrip("/")
+    down: list[str] = []
+
+    def unreachable(exc: StoreUnavailableError | None = None) -> QualityError:
+        if exc is not None and not down:
+            down.append(str(exc))
+        return QualityError(f"the image store {store.root} is not reachable: {down[0]}")
 
     def load(uri: str) -> Any:
+        if down:
+            raise unreachable()
         try:
             path = store.local_path(uri)
+        except StoreUnavailableError as exc:
+            raise unreachable(exc) from exc
         except StoreError as exc:
             raise DicomReadError(uri, "read_error", str(exc)) from exc
-        if path is None:
-            raise DicomReadError(uri, "read_error", "the store has no local copy to decode")
-        return load_pixels(path)
+        if path is not None:
+            return load_pixels(path)
+        if not uri.startswith(root + "/"):
+            raise DicomReadError(uri, "read_error", f"outside the store root {store.root}")
+        try:
+            return load_pixels(uri)
+        except StoreUnavailableError as exc:
+            raise unreachable(exc) from exc
 
     return load
 

@@ -26,6 +26,10 @@ Performance (a 2048×2048 16-bit image must not stall the page):
   a rerun copies nothing);
 - the windowed 8-bit PNG of a frame is a :func:`st.cache_data` keyed by path, mtime, frame
   and window, so an overlay toggle re-encodes nothing and a window change re-windows only;
+- images of remote stores (S3, DICOMweb: :func:`quality.store.is_remote`) are read through
+  :mod:`quality.store` and cached the same way, keyed by their URI alone (a DICOMweb
+  instance never changes under its URI; a replaced S3 object shows its old pixels until
+  the cache entry goes);
 - mask contours are computed at display resolution and cached by the mask's digest.
 
 Coordinates: the figure's axes are in pixels of the *stored* image (pixel ``i`` spans
@@ -33,7 +37,8 @@ Coordinates: the figure's axes are in pixels of the *stored* image (pixel ``i`` 
 factor), so boxes are drawn where they are stored, and contours found at display resolution
 are scaled by ``k``.
 
-An unreadable or missing file shows a warning that says why, never a traceback.
+An unreadable or missing file, or a store that cannot be reached, shows a warning that
+names the image and says why, never a traceback.
 """
 
 from __future__ import annotations
@@ -60,9 +65,17 @@ from skimage.measure import approximate_polygon, find_contours
 
 from quality import overlays as overlays_lib
 from quality.config import get_settings
-from quality.dicom import WINDOW_PRESETS, DecodedImage, load_pixels, masked_header, to_display
-from quality.errors import DicomReadError
+from quality.dicom import (
+    WINDOW_PRESETS,
+    DecodedImage,
+    load_pixels,
+    masked_header,
+    scrub,
+    to_display,
+)
+from quality.errors import DicomReadError, StoreError, StoreUnavailableError
 from quality.overlays import Overlay, OverlayGroup
+from quality.store import is_remote
 from quality.ui import data
 
 __all__ = [
@@ -90,7 +103,6 @@ AUTO = "Auto (percentiles)"
 MANUAL = "Manual"
 _CACHE_ENTRIES = 64
 _PNG_ENTRIES = 48
-_REMOTE_SCHEMES = ("s3://", "http://", "https://", "dicomweb")
 
 OVERLAY_PALETTE: tuple[str, ...] = (
     "#E69F00",  # orange
@@ -123,29 +135,38 @@ def _preset_window(label: str) -> tuple[float, float] | None:
     return WINDOW_PRESETS.get(label.lower())
 
 
-def resolve_uri(uri: str, store: str | None = None) -> Path:
-    """The local file behind an ``images.uri``: a path, a ``file://`` URI, or a path relative
-    to the store root (``QUALITY_STORE``).
+def resolve_uri(uri: str, store: str | None = None) -> str:
+    """What to read for an ``images.uri``: a remote entry URI (``s3://``,
+    ``dicomweb+http(s)://``) as it is, else the local file behind a path, a ``file://`` URI
+    or a path relative to the store root (``QUALITY_STORE``, when that is a folder).
+
+    A remote URI is not checked here (no request is made): reading it raises what is wrong.
+
+    Returns
+    -------
+    str
+        The remote URI, or the local file's path.
 
     Raises
     ------
     DicomReadError
-        ``remote`` for a remote store (not viewable yet), ``missing`` when no file is there.
+        ``missing`` when no local file is there.
     """
-    if uri.startswith(_REMOTE_SCHEMES):
-        raise DicomReadError(uri, "remote", "images in remote stores cannot be shown here yet")
+    if is_remote(uri):
+        return uri
     path = (
         Path(urllib.parse.unquote(urllib.parse.urlparse(uri).path))
         if uri.startswith("file://")
         else Path(uri)
     )
     if path.is_file():
-        return path
+        return str(path)
     if not path.is_absolute():
         root = store if store is not None else get_settings().store
-        candidate = Path(root) / path
-        if candidate.is_file():
-            return candidate
+        if not is_remote(root):
+            candidate = Path(root) / path
+            if candidate.is_file():
+                return str(candidate)
     raise DicomReadError(uri, "missing", "the file is not in the image store any more")
 
 
@@ -291,6 +312,8 @@ class _Cached:
 def _load(path: str, mtime: float) -> _Cached:
     """Decode, downsample and keep the value range; ``mtime`` only keys the cache.
 
+    ``path`` is a local path or a remote URI (``mtime`` 0: remote images are keyed by URI).
+
     A resource cache, not a data cache: every rerun gets the same object without unpickling
     megabytes of pixels. The arrays are made read-only, as they are shared.
     """
@@ -342,8 +365,30 @@ def _header(path: str, mtime: float) -> pd.DataFrame:
 
 
 def _open(uri: str) -> tuple[str, float]:
-    path = resolve_uri(uri)
-    return str(path), os.stat(path).st_mtime
+    """``(what to read, cache stamp)``: a local file and its mtime, or a remote URI and 0."""
+    source = resolve_uri(uri)
+    if is_remote(source):
+        return source, 0.0
+    try:
+        return source, os.stat(source).st_mtime
+    except OSError as exc:  # removed since resolve_uri looked
+        raise DicomReadError(uri, "missing", "the file is not in the image store any more") from exc
+
+
+def _problem(uri: str, exc: Exception, what: str) -> None:
+    """Say, naming the image, why it cannot be shown: a warning, an error for a store that
+    cannot be reached."""
+    name = Path(uri).name or uri
+    if isinstance(exc, DicomReadError):
+        st.warning(f"Cannot {what} `{name}` ({exc.kind}): {exc.message}.", icon="⚠️")
+    elif isinstance(exc, StoreUnavailableError):
+        st.error(
+            f"Cannot {what} `{name}`: the image store is not reachable ({scrub(str(exc))}). "
+            "Try again later.",
+            icon="🔌",
+        )
+    else:
+        st.warning(f"Cannot {what} `{name}`: {scrub(str(exc))}.", icon="⚠️")
 
 
 # --------------------------------------------------------------------------- DB (cached)
@@ -628,9 +673,8 @@ def render_image_viewer(
     try:
         path, mtime = _open(current)
         cached = _load(path, mtime)
-    except DicomReadError as exc:
-        name = Path(current).name
-        st.warning(f"Cannot display `{name}` ({exc.kind}): {exc.message}.", icon="⚠️")
+    except (DicomReadError, StoreError) as exc:
+        _problem(current, exc, "display")
         return
     img = cached.image
 
@@ -721,8 +765,8 @@ def render_header_table(uri: str, *, key: str = "header", height: int = 620) -> 
     try:
         path, mtime = _open(uri)
         table = _header(path, mtime)
-    except DicomReadError as exc:
-        st.warning(f"Cannot read the header ({exc.kind}): {exc.message}.", icon="⚠️")
+    except (DicomReadError, StoreError) as exc:
+        _problem(uri, exc, "read the header of")
         return
     st.dataframe(
         table,
