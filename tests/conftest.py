@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -37,6 +38,28 @@ def _demo_mode(monkeypatch: pytest.MonkeyPatch) -> None:
     Access-control tests set ``QUALITY_DEMO_MODE=0`` themselves with ``monkeypatch``.
     """
     monkeypatch.setenv("QUALITY_DEMO_MODE", "1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _thumb_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Thumbnails of the tests go to a session temp folder, not the user's ~/.cache."""
+    old = os.environ.get("QUALITY_THUMB_CACHE_DIR")
+    os.environ["QUALITY_THUMB_CACHE_DIR"] = str(tmp_path_factory.mktemp("thumbs"))
+    yield
+    if old is None:
+        os.environ.pop("QUALITY_THUMB_CACHE_DIR", None)
+    else:
+        os.environ["QUALITY_THUMB_CACHE_DIR"] = old
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module() -> Iterator[None]:
+    """AppTest replaces ``sys.modules["__main__"]`` for good; a later spawn/forkserver pool
+    would then re-run the app script in its workers. Put the real one back after each test."""
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
 
 
 def service_missing(what: str) -> None:

@@ -68,7 +68,7 @@ from sqlalchemy.orm import Session
 from quality.db.queries import _db_errors, newest_version_id
 from quality.db.schema import DatasetItem, DatasetVersion, Image, Series, Source, Study
 from quality.dicom import DecodedImage, load_pixels, to_display
-from quality.errors import DicomReadError
+from quality.errors import DicomReadError, StoreUnavailableError
 
 __all__ = [
     "DUPLICATE_KINDS",
@@ -598,6 +598,8 @@ def _decode_one(uri: str, loader: Loader) -> _Decoded:
         ).hexdigest()
     except DicomReadError as exc:
         return _Decoded(None, None, None, exc.kind, exc.message)
+    except StoreUnavailableError:
+        raise  # the store is down: not a defect of this image, and the rest would fail too
     except (OSError, ValueError, MemoryError) as exc:
         return _Decoded(None, None, None, "decode_error", f"{type(exc).__name__}: {exc}")
     fine = _area_resize(display, SIGNATURE_SIZE)
