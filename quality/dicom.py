@@ -357,7 +357,7 @@ def _uri(path: str | os.PathLike[str]) -> str:
     return os.fspath(path)
 
 
-def _open(path: str | os.PathLike[str]) -> BinaryIO:
+def _open(path: str | os.PathLike[str], *, whole: bool = False) -> BinaryIO:
     """Open a local path or a remote ``images.uri`` (:func:`quality.store.open_uri`).
 
     Raises
@@ -369,7 +369,7 @@ def _open(path: str | os.PathLike[str]) -> BinaryIO:
     """
     uri = _uri(path)
     try:
-        return open_uri(path)
+        return open_uri(path, whole=whole)
     except StoreUnavailableError:
         raise
     except StoreError as exc:
@@ -531,7 +531,7 @@ def _hash_at(fp: BinaryIO, uri: str) -> str | None:
 
 def _hash_full_read(path: str | os.PathLike[str], uri: str) -> str | None:
     """Fallback: full ``dcmread`` and ``sha256`` of the value (deflated syntaxes and oddities)."""
-    with _open(path) as fp:
+    with _open(path, whole=True) as fp:
         ds = _dcmread(fp, uri, stop_before_pixels=False)
     for tag in _PIXEL_TAGS:
         if tag in ds:
@@ -542,9 +542,9 @@ def _hash_full_read(path: str | os.PathLike[str], uri: str) -> str | None:
 
 
 def _read_and_hash(path: str | os.PathLike[str]) -> tuple[Dataset, str | None, int]:
-    """Header, pixel hash and file size in bytes."""
+    """Header, pixel hash and file size in bytes (every byte is read: ``whole``)."""
     uri = _uri(path)
-    with _open(path) as fp:
+    with _open(path, whole=True) as fp:
         size = fp.seek(0, os.SEEK_END)
         fp.seek(0)
         ds = _dcmread(fp, uri, stop_before_pixels=True)
@@ -1079,7 +1079,7 @@ def load_pixels(path: str | os.PathLike[str]) -> DecodedImage:
         there is no Pixel Data, ``decode_error`` when the pixels cannot be decoded.
     """
     uri = _uri(path)
-    with _open(path) as fp:
+    with _open(path, whole=True) as fp:
         ds = _dcmread(fp, uri, stop_before_pixels=False)
     if not any(t in ds for t in _PIXEL_TAGS):
         raise DicomReadError(uri, "no_pixels", "the file has no Pixel Data (SR, RT plan, ...)")

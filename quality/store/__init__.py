@@ -28,11 +28,15 @@ Stores may offer optional capabilities beyond the protocol, found with ``getattr
     client cannot decode (see :func:`quality.dicom.load_pixels`).
 ``header(uri) -> pydicom.Dataset``
     the header without pixel data (DICOMweb WADO-RS metadata).
+``read_bytes(uri) -> bytes``
+    the whole entry in one request, for readers that need every byte anyway (ingest's pixel
+    hash); :func:`open_uri` with ``whole=True`` uses it.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -183,8 +187,11 @@ def store_for_uri(uri: str) -> ImageStore:
     raise StoreError(text, "not a remote store URI (s3:// or dicomweb+http(s)://)")
 
 
-def open_uri(uri: str | os.PathLike[str]) -> BinaryIO:
+def open_uri(uri: str | os.PathLike[str], *, whole: bool = False) -> BinaryIO:
     """Open an ``images.uri`` for binary reading, local or remote.
+
+    ``whole=True`` says the caller will read every byte: a remote store that can fetch the
+    entry in one request (``read_bytes``) does so, instead of ranged reads.
 
     Raises
     ------
@@ -196,5 +203,9 @@ def open_uri(uri: str | os.PathLike[str]) -> BinaryIO:
         A local file that cannot be opened.
     """
     if is_remote(uri):
-        return store_for_uri(str(uri)).open(str(uri))
+        store = store_for_uri(str(uri))
+        read_bytes = getattr(store, "read_bytes", None) if whole else None
+        if read_bytes is not None:
+            return io.BytesIO(read_bytes(str(uri)))
+        return store.open(str(uri))
     return open(uri, "rb")  # the caller closes it
