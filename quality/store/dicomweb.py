@@ -119,6 +119,7 @@ _STUDY_DATE = "00080020"
 _STUDY_TIME = "00080030"
 _N_STUDY_SERIES = "00201206"  # NumberOfStudyRelatedSeries
 _N_SERIES_INSTANCES = "00201209"  # NumberOfSeriesRelatedInstances
+_N_STUDY_INSTANCES = "00201208"  # NumberOfStudyRelatedInstances
 _TSYNTAX = "00020010"  # TransferSyntaxUID (file meta; rarely in metadata)
 _AVAILABLE_TSYNTAX = "00083002"  # AvailableTransferSyntaxUID
 
@@ -612,7 +613,7 @@ class DicomWebStore:
                 return self._client().search_for_studies(
                     offset=offset,
                     limit=limit,
-                    fields=[_STUDY_DATE, _STUDY_TIME, _N_STUDY_SERIES],
+                    fields=[_STUDY_DATE, _STUDY_TIME, _N_STUDY_SERIES, _N_STUDY_INSTANCES],
                     search_filters=filters or None,
                 )
 
@@ -695,8 +696,43 @@ class DicomWebStore:
                 out[se] = set(sops)
         return out
 
+    def _all_instances(self) -> dict[str, dict[str, set[str]]]:
+        """``{study: {series: {sops}}}`` from instance-level QIDO-RS at the root, a page of
+        ``page_size`` instances per request (far fewer requests than study by study). A cap
+        on query answers may cut it short: :meth:`list` checks each study's count."""
+        client = self._client
+
+        def search(offset: int, limit: int) -> list[dict[str, Any]]:
+            return client().search_for_instances(
+                offset=offset, limit=limit, fields=[_STUDY_UID, _SERIES_UID]
+            )
+
+        found = self._call(self.root, "instance list", lambda: self._page_all(search, _SOP_UID))
+        out: dict[str, dict[str, set[str]]] = {}
+        for sop, item in found.items():
+            st, se = _uid_of(item, _STUDY_UID), _uid_of(item, _SERIES_UID)
+            if st is not None and se is not None:
+                out.setdefault(st, {}).setdefault(se, set()).add(sop)
+        return out
+
+    def _listed(
+        self, uid: str, item: dict[str, Any], fast: dict[str, dict[str, set[str]]]
+    ) -> dict[str, set[str]]:
+        """One study's instances: from the root-level listing when its count matches the
+        study's NumberOfStudyRelatedInstances, else study by study (series, instances)."""
+        got = fast.get(uid)
+        expected = _count_of(item, _N_STUDY_INSTANCES)
+        if got is not None and expected is not None:
+            if sum(len(v) for v in got.values()) == expected:
+                return got
+        return self._study_instances(uid, item)
+
     def list(self) -> Iterator[StoreEntry]:
         """Every instance, sorted by study, series and SOP instance UID.
+
+        Studies come from QIDO-RS (checked against a server cap on answers); their instances
+        from one instance-level query at the root, paged, accepted per study when the count
+        matches the study's NumberOfStudyRelatedInstances, else listed study by study.
 
         ``size`` and ``mtime`` are None: QIDO-RS does not tell (ingest learns the size when it
         reads the instance, and an instance never changes under its URI).
@@ -709,6 +745,7 @@ class DicomWebStore:
             The server cannot be reached.
         """
         studies = self._studies()
+        fast = self._all_instances()
         valid = [uid for uid in sorted(studies) if _valid_uid(uid)]
         skipped = len(studies) - len(valid)
         # The studies are independent and each costs 1 + n_series round trips of a few ms:
@@ -717,7 +754,7 @@ class DicomWebStore:
             max_workers=max(1, min(_LIST_THREADS, len(valid))), thread_name_prefix="qido"
         )
         try:
-            listed = pool.map(lambda uid: self._study_instances(uid, studies[uid]), valid)
+            listed = pool.map(lambda uid: self._listed(uid, studies[uid], fast), valid)
             for study, by_series in zip(valid, listed, strict=True):
                 for se, sops in sorted(by_series.items()):
                     for sop in sorted(sops):
