@@ -220,6 +220,28 @@ def _redact_uri(uri: str) -> str:
 # --------------------------------------------------------------------------- the store
 
 
+# botocore's DEBUG records print signed requests (the Authorization header names the access
+# key id) and the canonical request. Those loggers stay at INFO unless someone configured them
+# explicitly, so a root logger turned to DEBUG never writes credentials to a log.
+_SIGNING_LOGGERS = (
+    "botocore.auth",
+    "botocore.endpoint",
+    "botocore.hooks",
+    "botocore.httpsession",
+    "botocore.parsers",
+    "botocore.retryhandler",
+    "aiobotocore.endpoint",
+    "s3fs",
+)
+
+
+def _quiet_signing_logs() -> None:
+    for name in _SIGNING_LOGGERS:
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
+
+
 class S3Store:
     """Objects below ``s3://bucket/prefix`` of an S3-compatible server.
 
@@ -284,6 +306,7 @@ class S3Store:
             raise ValueError(f"block_size must be at least 1024 bytes, not {block_size}")
         self.page_size = page_size
         self.block_size = block_size
+        _quiet_signing_logs()
         self._fs = self._make_fs()
         self._local = threading.local()
 
