@@ -9,7 +9,8 @@ STAMP := $(VENV)/.installed
 SYSSTAMP := .stamp-system
 DEMO_DB := data_samples/demo.db
 PORT ?= 8501
-PYTEST_ARGS ?=
+# Two workers: much of the suite waits on servers (PostgreSQL, Orthanc, moto, Streamlit, Chromium).
+PYTEST_ARGS ?= -n 2
 # torch: the CPU wheel pin on machines without CUDA (any other spec pulls GBs of CUDA wheels).
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 

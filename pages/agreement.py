@@ -18,7 +18,9 @@ data.require_data()
 dataset_id = sidebar.current_dataset_id()
 with doctors.analysis_guard():
     task = doctors.task_picker(dataset_id, key="agreement_task")
-    summary = doctors.agreement_summary(task["id"])
+    summary, pseudonymised = doctors.agreement_for_role(doctors.agreement_summary(task["id"]))
+if pseudonymised:
+    st.caption("🕶️ Doctors are shown under pseudonyms for your role (stable across the page).")
 
 doctors.agreement_metrics(summary)
 doctors.report_note(summary.n_dropped)

@@ -742,6 +742,7 @@ def review_export(
     agreement per model version (exit 0: an export is not a check)."""
     from sqlalchemy.orm import Session
 
+    from quality import audit
     from quality.review import (
         export_reviews,
         resolve_model_version,
@@ -758,6 +759,15 @@ def review_export(
             mv = resolve_model_version(session, model_version) if model_version else None
             rows = export_reviews(session, model_version_id=mv, review_session_id=session_id)
             summary = review_summary(session, model_version_id=mv, review_session_id=session_id)
+            # Verdicts are personnel data: every export is in the audit log.
+            audit.record(
+                session,
+                _cli_actor(),
+                "export",
+                target=out_file.name if out_file is not None else "stdout",
+                details={"what": "verdicts", "rows": len(rows), "format": fmt},
+            )
+            session.commit()
     except QualityError as exc:
         raise _fail(str(exc)) from exc
     records = reviews_to_records(rows)
@@ -893,9 +903,309 @@ def rank(
 
 
 # --- users ---
+users_app = typer.Typer(
+    help="Users of the app: add, change a password, disable, enable, list.",
+    no_args_is_help=True,
+)
+app.add_typer(users_app, name="users")
+
+PasswordStdinOpt = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin",
+        help="Read the password from the first line of stdin (scripts); else prompt twice.",
+    ),
+]
+
+
+def _cli_actor() -> str:
+    """Who runs the command, for the audit log: ``cli:<os user>``."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no login name (a container without /etc/passwd entry)
+        return f"cli:uid{os.getuid()}" if hasattr(os, "getuid") else "cli:unknown"
+
+
+def _new_password(password_stdin: bool) -> str:
+    """The new password: one line of stdin, or typed twice without echo. Never an argument
+    (it would be in the shell history and the process list)."""
+    import getpass
+
+    if password_stdin:
+        line = sys.stdin.readline()
+        password = line[:-1] if line.endswith("\n") else line
+        password = password[:-1] if password.endswith("\r") else password
+        if not password:
+            raise _fail("--password-stdin: stdin held no password")
+        return password
+    try:
+        first = getpass.getpass("New password: ")
+        second = getpass.getpass("Repeat it: ")
+    except (EOFError, KeyboardInterrupt) as exc:
+        raise _fail("no password entered") from exc
+    if first != second:
+        raise _fail("the two passwords differ; nothing was changed")
+    return first
+
+
+def _role_option(role: str) -> str:
+    # "labeling-manager" and "labeling_manager" are easier to type than a quoted space.
+    return role.strip().lower().replace("_", " ").replace("-", " ")
+
+
+def _users_write(db: str | None, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from quality.db.session import session_scope
+
+    engine = _engine(db)
+    try:
+        with session_scope(engine) as session:
+            return fn(session, *args, actor=_cli_actor(), **kwargs)
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    except SQLAlchemyError as exc:  # a DB without the users table, say; the class is enough
+        raise _fail(f"cannot write users: {type(exc).__name__}; run `quality db upgrade`") from exc
+    finally:
+        engine.dispose()
+
+
+@users_app.command("add")
+def users_add(
+    username: Annotated[str, typer.Argument(help="Sign-in name (an e-mail address for OIDC).")],
+    role: Annotated[
+        str, typer.Option("--role", help="admin | labeling manager | data scientist | clinician")
+    ],
+    display_name: Annotated[
+        str | None, typer.Option("--display-name", help="Name shown in the app.")
+    ] = None,
+    password_stdin: PasswordStdinOpt = False,
+    no_password: Annotated[
+        bool,
+        typer.Option("--no-password", help="No password: the user signs in through OIDC only."),
+    ] = False,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add a user with a role and a password (prompted twice, or --password-stdin)."""
+    from quality.auth import ROLES, add_user
+
+    role_name = _role_option(role)
+    if role_name not in ROLES:
+        raise _fail(f"--role must be one of {', '.join(ROLES)}, not {role!r}")
+    if no_password and password_stdin:
+        raise _fail("--no-password and --password-stdin exclude each other")
+    password = None if no_password else _new_password(password_stdin)
+    user = _users_write(db, add_user, username, role_name, password, display_name=display_name)
+    _emit(
+        {"id": user.id, "username": user.username, "role": user.role, "added": True},
+        as_json,
+        lambda: out.print(f"added {user.username!r} as {user.role}", highlight=False),
+    )
+
+
+@users_app.command("passwd")
+def users_passwd(
+    username: Annotated[str, typer.Argument(help="The user whose password changes.")],
+    password_stdin: PasswordStdinOpt = False,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a new password for a user (prompted twice, or --password-stdin)."""
+    from quality.auth import set_password
+
+    password = _new_password(password_stdin)
+    _users_write(db, set_password, username, password)
+    _emit(
+        {"username": username.strip(), "password_changed": True},
+        as_json,
+        lambda: out.print(f"password of {username.strip()!r} changed", highlight=False),
+    )
+
+
+def _set_active(username: str, active: bool, db: str | None, as_json: bool) -> None:
+    from quality.auth import set_active
+
+    _users_write(db, set_active, username, active)
+    state = "enabled" if active else "disabled"
+    _emit(
+        {"username": username.strip(), "is_active": active},
+        as_json,
+        lambda: out.print(f"{username.strip()!r} {state}", highlight=False),
+    )
+
+
+@users_app.command("disable")
+def users_disable(
+    username: Annotated[str, typer.Argument(help="The user to disable.")],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Disable a user: no more sign-ins, and open sessions end at their next page run."""
+    _set_active(username, False, db, as_json)
+
+
+@users_app.command("enable")
+def users_enable(
+    username: Annotated[str, typer.Argument(help="The user to enable again.")],
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Enable a disabled user again."""
+    _set_active(username, True, db, as_json)
+
+
+@users_app.command("list")
+def users_list(db: DbOpt = None, as_json: JsonOpt = False) -> None:
+    """List the users with role and state (never a password hash)."""
+    from rich.table import Table
+    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.orm import Session
+
+    from quality.auth import list_users
+
+    engine = _engine(db)
+    try:
+        with Session(engine) as session:
+            users = list_users(session)
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    except SQLAlchemyError as exc:  # a DB without the users table, say
+        raise _fail(f"cannot read users: {type(exc).__name__}; run `quality db upgrade`") from exc
+    finally:
+        engine.dispose()
+    records = [
+        {k: (None if v is None or v != v else v) for k, v in rec.items()}
+        for rec in users.astype(object).to_dict("records")
+    ]
+
+    def human() -> None:
+        table = Table("username", "display name", "role", "active", "password", "created")
+        for rec in records:
+            table.add_row(
+                str(rec["username"]), str(rec["display_name"] or ""), str(rec["role"]),
+                "yes" if rec["is_active"] else "no", "yes" if rec["has_password"] else "no",
+                str(rec["created_at"] or "")[:19],
+            )  # fmt: skip
+        out.print(table)
+
+    _emit({"users": records}, as_json, human)
 
 
 # --- phi-audit ---
+
+
+def _phi_human(report: Any) -> None:
+    from rich.table import Table
+
+    out.print(
+        f"PHI audit of {report.scope}: {report.n_audited:,} of {report.n_images:,} images read, "
+        f"{report.n_flagged:,} with identifying data",
+        highlight=False,
+    )
+    if report.attributes:
+        table = Table("attribute", "tag", "action", "images", "e.g. SOP Instance UID")
+        for kw, rec in report.attributes.items():
+            ex = rec["examples"][0] if rec["examples"] else ""
+            table.add_row(kw, rec["tag"], rec["action"], f"{rec['n_images']:,}", ex)
+        out.print(table)
+    if report.private.get("n_images"):
+        out.print(
+            f"private tags: {report.private['n_tags']:,} in {report.private['n_images']:,} "
+            "images (PS3.15: remove)",
+            highlight=False,
+        )
+    yes, unknown = report.burned_in["yes"], report.burned_in["unknown"]
+    if yes["n_images"]:
+        out.print(f"[red]BurnedInAnnotation = YES[/] on {yes['n_images']:,} images")
+    if unknown["n_images"]:
+        out.print(
+            f"burned-in annotation unknown (US/SC/XA/ES without the attribute) on "
+            f"{unknown['n_images']:,} images: check the pixels",
+            highlight=False,
+        )
+    if report.uids:
+        out.print(
+            "original UIDs (information): "
+            + ", ".join(f"{k} {v:,}" for k, v in report.uids.items()),
+            highlight=False,
+        )
+    for e in report.errors[:20]:
+        who = e.get("sop_uid") or e.get("key")
+        err.print(f"unreadable: {who}: {e['kind']}: {e['message']}", highlight=False)
+    out.print("[green]clean[/]" if report.passed else "[red]identifying data found[/]")
+
+
+@app.command("phi-audit")
+def phi_audit_cmd(
+    dataset: Annotated[
+        str | None, typer.Argument(help="Dataset name or id (its newest version).")
+    ] = None,
+    store: Annotated[
+        str | None,
+        typer.Option("--store", help="Audit a folder / s3:// / DICOMweb store instead."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="Audit the first N images.")] = None,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """De-identification audit (DICOM PS3.15 Basic profile): which headers still carry
+    identifying attributes, private tags or burned-in annotation. Never prints a value;
+    exit 1 when something is found."""
+    from sqlalchemy.orm import Session
+
+    from quality.phi import phi_audit, phi_audit_store
+
+    if (dataset is None) == (store is None):
+        raise _fail("give a DATASET or --store URI (one of them)")
+    try:
+        with _progress(not as_json) as update:
+            if store is not None:
+                report = phi_audit_store(store, limit=limit, progress=update)
+            else:
+                engine = _engine(db)
+                try:
+                    with Session(engine) as session:
+                        report = phi_audit(session, dataset, limit=limit, progress=update)
+                finally:
+                    engine.dispose()
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    _emit(report.as_dict(), as_json, lambda: _phi_human(report))
+    raise typer.Exit(0 if report.passed else 1)
+
+
+@app.command("deidentify")
+def deidentify_cmd(
+    src: Annotated[Path, typer.Argument(help="Folder of DICOM files (read only).")],
+    dst: Annotated[Path, typer.Argument(help="New (or empty) folder for the cleaned copy.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a de-identified copy of a folder (PS3.15 Basic profile, keeping full dates and
+    patient characteristics; UIDs replaced consistently with QUALITY_PHI_SALT). Exit 1 when
+    a file could not be read (it is left out of the copy)."""
+    from quality.phi import deidentify_folder
+
+    settings = get_settings()
+    try:
+        with _progress(not as_json) as update:
+            summary = deidentify_folder(src, dst, salt=settings.phi_salt, progress=update)
+    except QualityError as exc:
+        raise _fail(str(exc)) from exc
+    payload = summary.as_dict()
+
+    def human() -> None:
+        out.print(
+            f"wrote {summary.n_written:,} of {summary.n_files:,} files to {summary.dst}",
+            highlight=False,
+        )
+        for rec in summary.skipped:
+            err.print(f"skipped {rec['key']}: {rec['kind']}: {rec['message']}", highlight=False)
+
+    _emit(payload, as_json, human)
+    raise typer.Exit(1 if summary.skipped else 0)
 
 
 @app.command("app")

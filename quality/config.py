@@ -7,18 +7,32 @@ engines, sessions and stores down.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlparse
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["DEFAULT_DB_URL", "DEFAULT_STORE", "Settings", "get_settings"]
+__all__ = [
+    "DEFAULT_DB_URL",
+    "DEFAULT_STORE",
+    "OIDC_PROVIDER_KEYS",
+    "SECRETS_PATH",
+    "Settings",
+    "get_settings",
+    "oidc_provider_label",
+    "oidc_providers",
+    "read_auth_section",
+]
 
 DEFAULT_DB_URL = "sqlite:///data_samples/demo.db"
 DEFAULT_STORE = "data_samples/dicom"
 DEMO_SALT = "quality-workbench-demo-salt"
 DEFAULT_THUMB_CACHE = str(Path.home() / ".cache" / "quality-workbench" / "thumbs")
+SECRETS_PATH = Path(".streamlit/secrets.toml")
+"""Where the app's secrets live (relative to the working folder, as Streamlit reads them)."""
 
 
 class _SecretsTomlSource(PydanticBaseSettingsSource):
@@ -60,11 +74,15 @@ class Settings(BaseSettings):
     store_retries : attempts per remote request before a store counts as unavailable.
     store_backoff_s : first back-off delay in seconds; doubled per attempt (with jitter).
     store_timeout_s : connect/read timeout of one remote request, in seconds.
+    demo_mode : authentication off, anyone picks any role in the sidebar
+        (``QUALITY_DEMO_MODE``); for the demo only, never with real patient data.
+    db_url_readonly : optional URL of a read-only DB user for the analysis pages
+        (``QUALITY_DB_URL_READONLY``); writes (reviews, rules, sign-ins, audit) keep ``db_url``.
     """
 
     model_config = SettingsConfigDict(env_prefix="QUALITY_", extra="ignore")
 
-    db_url: str = DEFAULT_DB_URL
+    db_url: str = Field(default=DEFAULT_DB_URL, repr=False)  # may hold a password
     store: str = DEFAULT_STORE
     device: Literal["auto", "cpu", "cuda"] = "auto"
     phi_salt: str = Field(default=DEMO_SALT, repr=False)
@@ -81,6 +99,8 @@ class Settings(BaseSettings):
     store_retries: int = 4
     store_backoff_s: float = 0.5
     store_timeout_s: float = 30.0
+    demo_mode: bool = False
+    db_url_readonly: str | None = Field(default=None, repr=False)
 
     @classmethod
     def settings_customise_sources(
@@ -98,3 +118,67 @@ class Settings(BaseSettings):
 def get_settings(**overrides: Any) -> Settings:
     """Settings with explicit overrides (``None`` values are ignored)."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+# --------------------------------------------------------------------------- OIDC sign-in
+
+OIDC_PROVIDER_KEYS = ("client_id", "client_secret", "server_metadata_url")
+"""Keys a provider needs in Streamlit's ``[auth]`` config (``st.login``)."""
+_OIDC_SHARED_KEYS = ("redirect_uri", "cookie_secret")
+
+
+def read_auth_section(path: Path | None = None) -> dict[str, Any]:
+    """The ``[auth]`` table of ``.streamlit/secrets.toml`` (empty when absent or unreadable).
+
+    Streamlit's ``st.login`` reads the same table; the app reads it only to know whether
+    (and which) OIDC providers are configured, and never shows its values.
+    """
+    path = SECRETS_PATH if path is None else path
+    try:
+        with path.open("rb") as fh:
+            table = tomllib.load(fh).get("auth", {})
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+    return dict(table) if isinstance(table, Mapping) else {}
+
+
+def oidc_providers(auth: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The OIDC providers configured in Streamlit's ``[auth]`` table, in file order.
+
+    Streamlit's layout: ``redirect_uri`` and ``cookie_secret`` at the top, then either the
+    keys of :data:`OIDC_PROVIDER_KEYS` at the top (the unnamed provider, called
+    ``"default"``, as ``st.login()`` does) or one sub-table per named provider
+    (``[auth.google]`` → ``"google"``). A provider missing a key, or a table without the
+    shared keys, does not count: ``st.login`` would refuse it.
+
+    Examples
+    --------
+    >>> shared = {"redirect_uri": "http://localhost:8501/oauth2callback", "cookie_secret": "x"}
+    >>> keys = dict.fromkeys(OIDC_PROVIDER_KEYS, "v")
+    >>> oidc_providers(shared | keys)
+    ('default',)
+    >>> oidc_providers(shared | {"google": keys, "okta": {"client_id": "only"}})
+    ('google',)
+    >>> oidc_providers({"google": keys})
+    ()
+    """
+    if not auth or not all(auth.get(k) for k in _OIDC_SHARED_KEYS):
+        return ()
+    found: list[str] = []
+    if all(auth.get(k) for k in OIDC_PROVIDER_KEYS):
+        found.append("default")
+    for name, table in auth.items():
+        # st.login refuses provider names with underscores.
+        if isinstance(table, Mapping) and "_" not in name:
+            if all(table.get(k) for k in OIDC_PROVIDER_KEYS):
+                found.append(str(name))
+    return tuple(found)
+
+
+def oidc_provider_label(auth: Mapping[str, Any], provider: str) -> str:
+    """A name to show on the sign-in button: the provider's name, or for the unnamed one
+    the host of its ``server_metadata_url`` (``accounts.google.com``)."""
+    if provider != "default":
+        return provider
+    host = urlparse(str(auth.get("server_metadata_url", ""))).hostname
+    return host or "single sign-on"

@@ -51,6 +51,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
 from quality.errors import DicomReadError, StoreError, StoreUnavailableError
+from quality.phi import PHI_KEYWORDS as PROFILE_PHI_KEYWORDS
 from quality.store import is_remote, open_uri, store_for_uri
 
 __all__ = [
@@ -78,7 +79,7 @@ __all__ = [
 MASK = "«masked»"
 """What :func:`masked_header` shows instead of a PHI value."""
 
-PHI_KEYWORDS: frozenset[str] = frozenset(
+_CURATED_PHI: frozenset[str] = frozenset(
     {
         # Patient identity (PS3.15 Annex E, Table E.1-1)
         "PatientName",
@@ -272,9 +273,14 @@ PHI_KEYWORDS: frozenset[str] = frozenset(
         "DataSetTrailingPadding",
     }
 )
-"""DICOM keywords of identifying attributes (PS3.15 Annex E, with the options in the module
-docstring). Use :func:`is_phi` rather than this set directly: it also catches private tags
-and person names."""
+"""A curated list of identifying attributes, kept because it is stricter than the profile in
+places (EthnicGroup, SmokingStatus, ... which *Retain Patient Characteristics* would keep)."""
+
+PHI_KEYWORDS: frozenset[str] = _CURATED_PHI | PROFILE_PHI_KEYWORDS
+"""DICOM keywords of identifying attributes: every attribute that PS3.15 Table E.1-1 does not
+keep under the options in the module docstring (:data:`quality.phi.PHI_KEYWORDS`, the one
+machine-readable copy of the table), plus the curated list above. Use :func:`is_phi` rather
+than this set directly: it also catches private tags and person names."""
 
 PHI_TAGS: frozenset[int] = frozenset(
     int(Tag(kw)) for kw in PHI_KEYWORDS if pydicom.datadict.tag_for_keyword(kw) is not None
@@ -965,7 +971,7 @@ def _display_value(elem: Any) -> str:
     return _short(str(value), 200)
 
 
-def _header_rows(ds: Dataset) -> Iterator[dict[str, str]]:
+def _header_rows(ds: Dataset, reveal: bool = False) -> Iterator[dict[str, str]]:
     for elem in ds:
         tag = int(elem.tag)
         if tag in _PIXEL_TAGS:
@@ -974,7 +980,8 @@ def _header_rows(ds: Dataset) -> Iterator[dict[str, str]]:
         vr = str(elem.VR)
         if vr in BINARY_VRS - {"SQ"} and elem.value is not None and len(elem.value) > 1024:
             continue
-        value = MASK if is_phi(keyword, vr=vr, tag=tag) else _display_value(elem)
+        masked = not reveal and is_phi(keyword, vr=vr, tag=tag)
+        value = MASK if masked else _display_value(elem)
         yield {
             "tag": f"({tag >> 16:04X},{tag & 0xFFFF:04X})",
             "keyword": keyword,
@@ -983,12 +990,15 @@ def _header_rows(ds: Dataset) -> Iterator[dict[str, str]]:
         }
 
 
-def masked_header(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+def masked_header(path: str | os.PathLike[str], *, reveal: bool = False) -> list[dict[str, str]]:
     """Header rows for the viewer: file meta then top-level elements, PHI masked.
 
     Each row has ``tag`` (``"(0010,0010)"``), ``keyword``, ``vr`` and ``value``. PHI values
     (:func:`is_phi`) read :data:`MASK`; sequences show their item count; Pixel Data and binary
     values over 1 KiB are left out; long text is cut to 200 characters.
+
+    ``reveal=True`` shows the PHI values too. This module does not know who asks: callers
+    check the role and audit the reveal (:func:`quality.ui.trail.revealed_header`).
 
     Raises
     ------
@@ -1003,8 +1013,8 @@ def masked_header(path: str | os.PathLike[str]) -> list[dict[str, str]]:
             warnings.simplefilter("ignore")
             meta = getattr(ds, "file_meta", None)
             if meta is not None:
-                rows.extend(_header_rows(meta))
-            rows.extend(_header_rows(ds))
+                rows.extend(_header_rows(meta, reveal))
+            rows.extend(_header_rows(ds, reveal))
     except (ValueError, TypeError, KeyError, struct.error, OverflowError) as exc:
         raise DicomReadError(uri, "read_error", f"malformed header: {scrub(str(exc))}") from exc
     return rows

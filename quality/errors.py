@@ -209,3 +209,54 @@ class ModelInputError(QualityError, ValueError):
 
 
 __all__ += ["ModelInputError"]
+
+
+class AuthError(QualityError, ValueError):
+    """A sign-in that is refused: wrong credentials, a disabled account, an unknown OIDC
+    e-mail. The message is safe to show as is (it never says which of user name or password
+    was wrong, and never holds the password)."""
+
+
+class AuthInputError(QualityError, ValueError):
+    """Bad input to user management (``quality.auth``): names the field at fault, such as
+    ``username``, ``role`` or ``password`` (never the password itself)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
+class AuditInputError(QualityError, ValueError):
+    """An audit-log row that cannot be written or a filter that cannot be used: names the
+    field (``action``, ``details``, ``since``) at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
+__all__ += ["AuditInputError", "AuthError", "AuthInputError"]
+
+
+class PhiInputError(QualityError, ValueError):
+    """Bad input to the PHI audit or de-identification (``quality.phi``): names the field
+    (a CLI argument or option) at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field, self.message = field, message
+        super().__init__(f"{field}: {message}")
+
+
+__all__ += ["PhiInputError"]
+
+
+class PermissionDeniedError(QualityError, RuntimeError):
+    """An action the session's role may not take (revealing PHI, say): names the action and
+    the role. Nothing was shown or written."""
+
+    def __init__(self, action: str, role: str | None) -> None:
+        self.action, self.role = action, role
+        super().__init__(f"the {role or 'signed-out'} role may not {action}")
+
+
+__all__ += ["PermissionDeniedError"]

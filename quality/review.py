@@ -80,6 +80,7 @@ import io
 import json
 import math
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, ParamSpec, TypeVar, cast, get_args
@@ -91,6 +92,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from quality import audit
 from quality.agreement.categorical import cohen_kappa
 from quality.agreement.consensus import DawidSkene, majority_vote
 from quality.db.queries import _as_utc, _db_errors, _latest_version_id, model_version_matches
@@ -118,6 +120,7 @@ from quality.db.schema import (
 from quality.errors import (
     EmptyDatabaseError,
     LabelDataError,
+    QualityError,
     ReviewInputError,
     ReviewWriteError,
     SchemaOutdatedError,
@@ -1129,6 +1132,10 @@ def ensure_reviewer(
     name = str(username or "").strip()
     if not name:
         raise ReviewInputError("reviewer", "enter a reviewer name")
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        # NUL and other control characters: PostgreSQL refuses NUL in text, and no name
+        # needs them. Refused here with a plain message instead of a driver error.
+        raise ReviewInputError("reviewer", "a reviewer name cannot hold control characters")
     if len(name) > 64:
         raise ReviewInputError(
             "reviewer", f"a reviewer name has at most 64 characters ({name[:20]}…)"
@@ -1270,6 +1277,8 @@ def _check_comment(comment: str | None) -> str | None:
     if comment is None:
         return None
     text = str(comment).strip()
+    if "\x00" in text:
+        raise ReviewInputError("comment", "a comment cannot hold NUL characters")
     if len(text) > MAX_COMMENT_CHARS:
         raise ReviewInputError(
             "comment", f"at most {MAX_COMMENT_CHARS} characters, got {len(text)}"
@@ -1293,6 +1302,9 @@ def submit_verdict(
     corrected_label: str | None = None,
     corrected_bbox: Sequence[float] | None = None,
     comment: str | None = None,
+    *,
+    actor: str | None = None,
+    review_session_id: int | None = None,
 ) -> Verdict:
     """Write one reviewer's verdict on one prediction, in one transaction (upsert).
 
@@ -1314,6 +1326,12 @@ def submit_verdict(
     corrected_bbox : ``[x0, y0, x1, y1]`` in pixels (``x1, y1`` exclusive) inside the
         image; not with ``agree``.
     comment : free text, at most :data:`MAX_COMMENT_CHARS` characters (blank: none).
+    actor : who acts (the signed-in user name, ``cli:<os user>``); when given, a ``verdict``
+        row goes to the audit log (:func:`quality.audit.record`: target
+        ``prediction:<id>``, details the verdict and ``review_session_id``) **in the same
+        transaction**: both are stored, or neither. The comment and corrections are not
+        copied into the log.
+    review_session_id : the review session the verdict was given in (audit details only).
 
     Returns
     -------
@@ -1377,6 +1395,18 @@ def submit_verdict(
     for attempt in range(_WRITE_ATTEMPTS):
         try:
             review_id, created_at, updated_at = session.execute(stmt).one()
+            if actor is not None:
+                try:
+                    audit.record(
+                        session,
+                        actor,
+                        "verdict",
+                        target=f"prediction:{int(prediction_id)}",
+                        details={"verdict": verdict, "session": review_session_id},
+                    )
+                except QualityError:
+                    session.rollback()  # no audit row, no verdict
+                    raise
             session.commit()
             break
         except OperationalError as exc:

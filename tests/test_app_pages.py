@@ -187,7 +187,7 @@ def test_browser_journey(monkeypatch: pytest.MonkeyPatch, populated_url: str) ->
     # CT series: three slices, header window by default; then the lung preset, then manual.
     assert at.slider(key="browser_slice_1.2.826.0.2.3").value == 1
     assert "Header window" in _captions(at)
-    assert not at.warning
+    assert not at.main.warning  # the sidebar warns that demo mode has no sign-in
     at.selectbox(key="browser_viewer_preset").set_value("Lung").run()
     _no_exception(at)
     assert "Lung preset" in _captions(at)
@@ -236,17 +236,17 @@ def test_browser_unreadable_file_and_pagination(
 def test_role_matrix_in_menu_and_page(monkeypatch: pytest.MonkeyPatch, populated_url: str) -> None:
     at = _run_app(monkeypatch, populated_url, role="clinician")
     _no_exception(at)
-    # A clinician lands on the Browser (their only page) ...
-    assert at.title[0].value.endswith("Browser")
-    # ... and the Overview page itself refuses them when opened directly.
+    # A clinician lands on the Overview (every role's landing page, counts only) ...
+    assert at.title[0].value.endswith("Overview")
+    # ... and the Doctors page itself refuses them when opened directly.
     monkeypatch.setenv("QUALITY_DB_URL", populated_url)
-    page = AppTest.from_file(str(ROOT / "pages" / "overview.py"), default_timeout=TIMEOUT)
+    page = AppTest.from_file(str(ROOT / "pages" / "doctors.py"), default_timeout=TIMEOUT)
     page.session_state["role"] = "clinician"
     page.session_state["_routed_by_app"] = True  # as if the router had switched to it
     page.run()
     _no_exception(page)
     assert "cannot open this page" in _texts(page)
-    assert not page.metric
+    assert not page.metric and not page.dataframe
 
     lm = _run_app(monkeypatch, populated_url, role="labeling manager")
     assert lm.title[0].value.endswith("Overview")

@@ -484,15 +484,30 @@ class CheckResult(Base):
 
 
 class User(Base):
+    """A person who may sign in (``quality.auth``); also the reviewer of spot-check verdicts.
+
+    ``role`` is one of :data:`quality.auth.ROLES` (checked in Python: a CHECK constraint would
+    need a rebuild of this table on SQLite). A row without ``password_hash`` cannot sign in
+    with a password (reviewers typed in demo mode; OIDC-only accounts).
+    """
+
     __tablename__ = "users"
 
     id: Mapped[intpk]
     username: Mapped[str] = mapped_column(String(64), unique=True)
     display_name: Mapped[str | None] = mapped_column(String(128))
-    role: Mapped[str] = mapped_column(String(32), default="data_scientist")
+    # Least privilege when a caller forgets the role.
+    role: Mapped[str] = mapped_column(String(32), default="clinician")
+    # argon2id hash (PHC string), never shown or logged; NULL: no password sign-in.
     password_hash: Mapped[str | None] = mapped_column(String(256))
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[created]
+    password_changed_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="last password set or change"
+    )
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="when the account was disabled; NULL while active"
+    )
 
 
 class Review(Base):
@@ -516,10 +531,15 @@ class Review(Base):
 
 
 class AuditLog(Base):
+    """Who did what and when (``quality.audit``). Append-only: triggers made by migration
+    0004 refuse UPDATE and DELETE in the DB itself."""
+
     __tablename__ = "audit_log"
 
     id: Mapped[bigpk]
-    at: Mapped[created]
+    at: Mapped[dt.datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False, index=True
+    )
     username: Mapped[str | None] = mapped_column(String(64), index=True)
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str | None] = mapped_column(String(256))

@@ -57,7 +57,9 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     """
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
+        # A "file:..." URI (``?uri=true``, e.g. ``mode=ro`` for a read-only engine) names an
+        # existing file: nothing to create.
+        if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
         kwargs.setdefault("connect_args", {"timeout": 30})
         engine = create_engine(u, **kwargs)

@@ -35,7 +35,7 @@ from quality.card import (
 )
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
 from quality.snapshot import SnapshotResult, VersionDiff, diff_versions, list_versions, snapshot
-from quality.ui import data
+from quality.ui import data, widgets
 
 __all__ = [
     "STATUS_BADGES",
@@ -96,8 +96,9 @@ def get_card(dataset_id: int, version: str | None) -> DatasetCard:
 
 
 def _write(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a writer in its own committed session, then drop the cached query results."""
-    result = data.run_query(data.db_url(), fn, *args, **kwargs)
+    """Run a writer in its own committed session on the read-write DB, then drop the cached
+    query results."""
+    result = data.run_write(fn, *args, **kwargs)
     st.cache_data.clear()
     return result
 
@@ -445,20 +446,24 @@ def downloads(card: DatasetCard, markdown: str, extra: dict[str, pd.DataFrame]) 
     """The card as Markdown and JSON, and every table as CSV."""
     stem = f"{card.name}-{card.version.version if card.version else 'unversioned'}"
     cols = st.columns(2)
-    cols[0].download_button(
+    widgets.download_button(
         "⬇️ Card (Markdown)",
         markdown,
         file_name=f"{stem}-card.md",
+        what="dataset card",
         mime="text/markdown",
         key="card_dl_md",
+        container=cols[0],
         width="stretch",
     )
-    cols[1].download_button(
+    widgets.download_button(
         "⬇️ Status (JSON)",
         json.dumps(card_status(card), indent=2, default=str),
         file_name=f"{stem}-status.json",
+        what="dataset card status",
         mime="application/json",
         key="card_dl_json",
+        container=cols[1],
         width="stretch",
     )
     tables = {
@@ -480,11 +485,14 @@ def downloads(card: DatasetCard, markdown: str, extra: dict[str, pd.DataFrame]) 
     for start in range(0, len(items), per_row):
         cols = st.columns(per_row)
         for col, (name, frame) in zip(cols, items[start : start + per_row], strict=False):
-            col.download_button(
+            widgets.download_button(
                 f"⬇️ {name} (CSV)",
                 frame.to_csv(index=False),
                 file_name=f"{stem}-{name}.csv",
+                what=f"dataset card table {name}",
                 mime="text/csv",
                 key=f"card_dl_{name}",
+                rows=len(frame),
+                container=col,
                 width="stretch",
             )

@@ -4,6 +4,13 @@ The engine is a :func:`st.cache_resource` keyed by the DB URL; query results are
 :func:`st.cache_data` with a 60 s time-to-live, keyed by the URL and the (hashable) query
 arguments, so a change of ``QUALITY_DB_URL`` never serves another DB's rows.
 
+Two URLs. Pages **read** through :func:`read_url` (also :func:`db_url`, and the default of
+:func:`get_engine`): the optional read-only URL ``QUALITY_DB_URL_READONLY`` (a DB user with
+SELECT only, or on SQLite ``sqlite:///file:PATH?mode=ro&uri=true``), else the main URL. The
+few paths that **write** (review verdicts and reviewers, dataset-card fields and snapshots,
+saved data-test runs, audit rows) use :func:`write_url` / :func:`write_engine`, the main
+``QUALITY_DB_URL``, explicitly. So an analysis page cannot write even through a bug.
+
 Pages wrap their data access in :func:`db_guard` (or call :func:`require_data` first): an
 unreachable DB shows ``st.error``, an empty one ``st.info``, and the page stops there.
 """
@@ -38,22 +45,37 @@ __all__ = [
     "list_datasets",
     "list_tasks",
     "overview",
+    "read_url",
     "require_data",
     "run_query",
+    "run_write",
     "show_empty",
     "show_unavailable",
     "store_totals",
     "studies_page",
     "study_images",
+    "write_engine",
+    "write_url",
 ]
 
 QUERY_TTL_S = 60
 T = TypeVar("T")
 
 
-def db_url() -> str:
-    """The configured DB URL (``QUALITY_DB_URL``, secrets, else the demo DB)."""
+def write_url() -> str:
+    """The read-write DB URL (``QUALITY_DB_URL``, secrets, else the demo DB): writers only."""
     return get_settings().db_url
+
+
+def read_url() -> str:
+    """The URL pages read from: ``QUALITY_DB_URL_READONLY`` when set, else :func:`write_url`."""
+    settings = get_settings()
+    return getattr(settings, "db_url_readonly", None) or settings.db_url
+
+
+def db_url() -> str:
+    """The URL pages read from (:func:`read_url`); writers use :func:`write_url`."""
+    return read_url()
 
 
 def _display_url(url: str) -> str:
@@ -69,7 +91,7 @@ def _engine(url: str) -> Engine:
 
 
 def get_engine(url: str | None = None) -> Engine:
-    """The shared engine for ``url`` (default: :func:`db_url`).
+    """The shared engine for ``url`` (default: :func:`read_url`).
 
     Raises
     ------
@@ -82,6 +104,22 @@ def get_engine(url: str | None = None) -> Engine:
         return _engine(url)
     except (ArgumentError, NoSuchModuleError, OSError) as exc:
         raise DatabaseUnavailableError(_display_url(url), str(exc)) from exc
+
+
+def write_engine() -> Engine:
+    """The shared engine on :func:`write_url` (review, card, checks and audit writes).
+
+    Raises
+    ------
+    DatabaseUnavailableError
+        As :func:`get_engine`.
+    """
+    return get_engine(write_url())
+
+
+def run_write(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Call ``fn(session, *args, **kwargs)`` in a committed session on :func:`write_url`."""
+    return _run(write_url(), fn, *args, **kwargs)
 
 
 def run_query(url: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -11,9 +11,11 @@ stays off until it is fixed; nothing here shows a traceback.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -24,7 +26,7 @@ from quality.config import get_settings
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError, RulesError
 from quality.rules import RuleSet, load_rules, parse_rules
 from quality.store import ImageStore, open_store
-from quality.ui import data
+from quality.ui import data, trail, widgets
 
 __all__ = [
     "RulesChoice",
@@ -106,6 +108,13 @@ class RulesChoice:
     ruleset: RuleSet | None
     ok: bool = True
     label: str = _NONE
+    sha256: str | None = None
+    n_bytes: int = 0
+
+    @property
+    def custom(self) -> bool:
+        """Rules given on the page (uploaded or pasted), not a file shipped with the app."""
+        return self.sha256 is not None
 
 
 def show_rules_error(exc: RulesError) -> None:
@@ -117,6 +126,11 @@ def show_rules_error(exc: RulesError) -> None:
         f"{exc.message}",
         icon="📝",
     )
+
+
+def _digest(text: str) -> dict[str, Any]:
+    raw = text.encode("utf-8")
+    return {"sha256": hashlib.sha256(raw).hexdigest(), "n_bytes": len(raw)}
 
 
 def rules_picker(scope: checks.Scope) -> RulesChoice:
@@ -136,7 +150,7 @@ def rules_picker(scope: checks.Scope) -> RulesChoice:
             if upload is None:
                 return RulesChoice(None, ok=False, label="(no file yet)")
             text = upload.getvalue().decode("utf-8", errors="replace")
-            return RulesChoice(parse_rules(text, upload.name), label=upload.name)
+            return RulesChoice(parse_rules(text, upload.name), label=upload.name, **_digest(text))
         if choice == _PASTE:
             text = st.text_area(
                 "Rules (YAML)", key="dt_rules_text", height=220, placeholder=_EXAMPLE
@@ -144,7 +158,9 @@ def rules_picker(scope: checks.Scope) -> RulesChoice:
             if not text.strip():
                 st.caption("Paste rules above, e.g. the placeholder, to run them.")
                 return RulesChoice(None, ok=False, label="(nothing pasted)")
-            return RulesChoice(parse_rules(text, "pasted rules"), label="pasted rules")
+            return RulesChoice(
+                parse_rules(text, "pasted rules"), label="pasted rules", **_digest(text)
+            )
     except RulesError as exc:
         show_rules_error(exc)
         return RulesChoice(None, ok=False, label=exc.path)
@@ -200,8 +216,9 @@ def run_section(scope: checks.Scope, rules: RulesChoice) -> checks.CheckReport |
         return None
     try:
         with st.spinner("Running the data tests…"):
+            # Saving the run writes check_runs: the read-write DB.
             report = data.run_query(
-                data.db_url(),
+                data.write_url(),
                 checks.run_checks,
                 scope.dataset_id,
                 version=scope.version_id,
@@ -221,6 +238,20 @@ def run_section(scope: checks.Scope, rules: RulesChoice) -> checks.CheckReport |
         st.error(f"The data tests cannot run: {exc}", icon="🚫")
         return None
     _clear_run_caches()
+    if rules.custom:
+        # Rules from the page change what "passing" means: who ran which rules is audited
+        # (label, hash and size; the text itself stays out of the log).
+        trail.record(
+            "rules_change",
+            rules.label,
+            {
+                "sha256": rules.sha256,
+                "bytes": rules.n_bytes,
+                "dataset": scope.dataset,
+                "version": scope.version,
+                "run_id": report.run_id,
+            },
+        )
     st.session_state["dt_run_pick"] = report.run_id
     n_err = sum(o.status == "failed" and o.severity == "error" for o in report.outcomes)
     n_warn = sum(o.status == "failed" and o.severity == "warning" for o in report.outcomes)
@@ -287,12 +318,14 @@ def history_section(scope: checks.Scope) -> pd.DataFrame:
 
 
 def _download(frame: pd.DataFrame, label: str, stem: str, key: str) -> None:
-    st.download_button(
+    widgets.download_button(
         f"⬇️ {label} (CSV)",
         frame.to_csv(index=False),
         file_name=f"{stem}.csv",
+        what=f"data tests: {label}",
         mime="text/csv",
         key=key,
+        rows=len(frame),
     )
 
 
@@ -363,10 +396,11 @@ def suggestion_download(scope: checks.Scope) -> None:
         "complete columns, value lists, observed ranges, shares per source, readers per image. "
         "Review them, then upload or paste them above."
     )
-    st.download_button(
+    widgets.download_button(
         "⬇️ Suggested rules (YAML)",
         text,
         file_name=f"{scope.dataset}-suggested-rules.yaml",
+        what="suggested rules",
         mime="application/yaml",
         key="dt_dl_suggested",
     )

@@ -22,15 +22,19 @@ import pandas as pd
 import streamlit as st
 
 from quality import doctors as doctor_reports
+from quality import phi
 from quality.agreement import summary as agreement_summaries
+from quality.config import get_settings
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
-from quality.ui import charts, data, thumbs
+from quality.ui import charts, data, nav, thumbs, widgets
 
 __all__ = [
     "CI_METRICS",
     "N_RESAMPLES",
+    "REAL_NAME_ROLES",
     "REPORT_TTL_S",
     "agreement_downloads",
+    "agreement_for_role",
     "agreement_heatmap",
     "agreement_metrics",
     "agreement_summary",
@@ -85,6 +89,25 @@ def doctor_report(task_id: int) -> doctor_reports.DoctorReport:
 def agreement_summary(task_id: int) -> agreement_summaries.AgreementSummary:
     """:func:`quality.agreement.summary.build_agreement_summary` of ``task_id`` (cached)."""
     return _agreement_summary(data.db_url(), int(task_id), N_RESAMPLES)
+
+
+REAL_NAME_ROLES: frozenset[str] = frozenset({"admin", "labeling manager"})
+"""Roles that see annotators' real codes; the others see pseudonyms
+(:func:`quality.phi.pseudonym`)."""
+
+
+def agreement_for_role(
+    summary: agreement_summaries.AgreementSummary,
+) -> tuple[agreement_summaries.AgreementSummary, bool]:
+    """The summary as the session's role may see it, and whether it was pseudonymised.
+
+    Doctors' performance is personnel data: roles outside :data:`REAL_NAME_ROLES` (data
+    scientists) get every annotator code replaced by a stable salted pseudonym
+    (``Doctor-7f3a2b``), in tables, charts and downloads alike.
+    """
+    if nav.current_role() in REAL_NAME_ROLES:
+        return summary, False
+    return phi.pseudonymise_agreement(summary, get_settings().phi_salt), True
 
 
 @contextlib.contextmanager
@@ -565,17 +588,17 @@ def report_downloads(report: doctor_reports.DoctorReport) -> None:
     """Download buttons for the report as Markdown, HTML and CSV."""
     stem = f"doctors-{_slug(report.task.name)}"
     c_md, c_html, c_csv = st.columns(3)
-    c_md.download_button(
-        "⬇️ Markdown", report.to_markdown(), file_name=f"{stem}.md", mime="text/markdown",
-        key="doctors_dl_md", width="stretch",
+    widgets.download_button(
+        "⬇️ Markdown", report.to_markdown(), file_name=f"{stem}.md", what="doctor report",
+        mime="text/markdown", key="doctors_dl_md", container=c_md, width="stretch",
     )  # fmt: skip
-    c_html.download_button(
-        "⬇️ HTML", report.to_html(), file_name=f"{stem}.html", mime="text/html",
-        key="doctors_dl_html", width="stretch",
+    widgets.download_button(
+        "⬇️ HTML", report.to_html(), file_name=f"{stem}.html", what="doctor report",
+        mime="text/html", key="doctors_dl_html", container=c_html, width="stretch",
     )  # fmt: skip
-    c_csv.download_button(
-        "⬇️ CSV", report.to_csv(), file_name=f"{stem}.csv", mime="text/csv",
-        key="doctors_dl_csv", width="stretch",
+    widgets.download_button(
+        "⬇️ CSV", report.to_csv(), file_name=f"{stem}.csv", what="doctor report",
+        mime="text/csv", key="doctors_dl_csv", container=c_csv, width="stretch",
     )  # fmt: skip
 
 
@@ -715,16 +738,18 @@ def agreement_downloads(summary: agreement_summaries.AgreementSummary) -> None:
                 lambda d: "" if not isinstance(d, Mapping) else str(dict(d))
             )
     c1, c2, c3 = st.columns(3)
-    c1.download_button(
+    widgets.download_button(
         "⬇️ Pairwise κ (CSV)", _csv(summary.pairwise_kappa, index=True),
-        file_name=f"{stem}-pairwise-kappa.csv", mime="text/csv", key="agreement_dl_pairwise",
-        width="stretch",
+        file_name=f"{stem}-pairwise-kappa.csv", what="agreement: pairwise kappa",
+        mime="text/csv", key="agreement_dl_pairwise", container=c1, width="stretch",
     )  # fmt: skip
-    c2.download_button(
+    widgets.download_button(
         "⬇️ Per class (CSV)", _csv(summary.per_class), file_name=f"{stem}-per-class.csv",
-        mime="text/csv", key="agreement_dl_per_class", width="stretch",
+        what="agreement: per class", mime="text/csv", key="agreement_dl_per_class",
+        container=c2, width="stretch",
     )  # fmt: skip
-    c3.download_button(
+    widgets.download_button(
         "⬇️ Worst items (CSV)", _csv(worst), file_name=f"{stem}-worst-items.csv",
-        mime="text/csv", key="agreement_dl_worst", width="stretch",
+        what="agreement: worst items", mime="text/csv", key="agreement_dl_worst",
+        container=c3, width="stretch",
     )  # fmt: skip

@@ -30,7 +30,7 @@ from quality.drift import (
     feature_values,
 )
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
-from quality.ui import data
+from quality.ui import data, widgets
 
 __all__ = [
     "BY_OPTIONS",
@@ -454,11 +454,14 @@ def downloads(rep: DriftReport, values: pd.DataFrame | None = None) -> None:
     cols = st.columns(len(shown))
     for col, (label, frame) in zip(cols, shown.items(), strict=True):
         slug = label.lower().replace(" ", "-")
-        col.download_button(
+        widgets.download_button(
             f"⬇️ {label}",
             frame.to_csv(index=False),
             file_name=f"{stem}-{slug}.csv",
+            what=f"drift: {label}",
             mime="text/csv",
             key=f"drift_dl_{slug}",
+            rows=len(frame),
+            container=col,
             width="stretch",
         )

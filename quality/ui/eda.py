@@ -23,7 +23,7 @@ import streamlit as st
 
 from quality import eda
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
-from quality.ui import data
+from quality.ui import data, widgets
 
 __all__ = [
     "balance_chart",
@@ -211,12 +211,14 @@ def missing_heatmap(missing: pd.DataFrame, by: str) -> go.Figure:
 
 def download_csv(frame: pd.DataFrame, label: str, *, key: str) -> None:
     """A CSV download button for one table (``eda-<key>.csv``)."""
-    st.download_button(
+    widgets.download_button(
         f"⬇️ {label} (CSV)",
         frame.to_csv(index=False),
         file_name=f"eda-{key.replace('_', '-')}.csv",
+        what=f"eda: {label}",
         mime="text/csv",
         key=f"eda_dl_{key}",
+        rows=len(frame),
     )
 
 
@@ -367,10 +369,11 @@ def missing_section(profile: eda.EdaProfile) -> None:
 
 def json_download(profile: eda.EdaProfile) -> None:
     """The whole profile as one JSON document."""
-    st.download_button(
+    widgets.download_button(
         "⬇️ Whole profile (JSON)",
         json.dumps(profile.as_dict(), indent=1),
         file_name="eda-profile.json",
+        what="eda profile",
         mime="application/json",
         key="eda_dl_json",
     )

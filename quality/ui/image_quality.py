@@ -28,7 +28,7 @@ from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, Quality
 from quality.imaging import duplicates as dup
 from quality.imaging import leakage as leak
 from quality.imaging import report as iq
-from quality.ui import charts, data, thumbs
+from quality.ui import charts, data, thumbs, widgets
 
 __all__ = [
     "EMBEDDINGS_ENV",
@@ -556,11 +556,14 @@ def downloads(tables: dict[str, pd.DataFrame], *, stem: str) -> None:
     cols = st.columns(len(shown))
     for col, (label, frame) in zip(cols, shown.items(), strict=True):
         slug = label.lower().replace(" ", "-")
-        col.download_button(
+        widgets.download_button(
             f"⬇️ {label} (CSV)",
             frame.to_csv(index=False),
             file_name=f"{stem}-{slug}.csv",
+            what=f"image quality: {label}",
             mime="text/csv",
             key=f"iq_dl_{slug}",
+            rows=len(frame),
+            container=col,
             width="stretch",
         )

@@ -26,7 +26,7 @@ import streamlit as st
 
 from quality import models
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
-from quality.ui import data, thumbs
+from quality.ui import data, thumbs, widgets
 
 __all__ = [
     "N_BOOT",
@@ -548,11 +548,14 @@ def downloads(tables: dict[str, pd.DataFrame | None], *, stem: str) -> None:
     cols = st.columns(len(shown))
     for col, (label, frame) in zip(cols, shown.items(), strict=True):
         slug = label.lower().replace(" ", "-")
-        col.download_button(
+        widgets.download_button(
             f"⬇️ {label} (CSV)",
             frame.to_csv(index=False),
             file_name=f"{stem}-{slug}.csv",
+            what=f"models: {label}",
             mime="text/csv",
             key=f"models_dl_{slug}",
+            rows=len(frame),
+            container=col,
             width="stretch",
         )

@@ -1,4 +1,7 @@
-"""Sidebar widgets shared by every page: the demo-mode role picker and the dataset picker."""
+"""Sidebar widgets shared by every page: the demo-mode role picker and the dataset picker.
+
+The signed-in user's box and the sign-out button live in :mod:`quality.ui.auth`.
+"""
 
 from __future__ import annotations
 
@@ -8,24 +11,26 @@ from quality.errors import QualityError
 from quality.ui import data
 from quality.ui.nav import DEFAULT_ROLE, ROLE_KEY, ROLES
 
-__all__ = ["DATASET_KEY", "current_dataset_id", "dataset_picker", "role_picker"]
+__all__ = ["DATASET_KEY", "DEMO_WARNING", "current_dataset_id", "dataset_picker", "role_picker"]
 
 DATASET_KEY = "dataset_id"
+DEMO_WARNING = "Demo mode: authentication is off, anyone can pick any role."
 _ALL = -1  # selectbox sentinel for "all images"; None would not round-trip through widgets
 
 
 def role_picker() -> str:
-    """Demo-mode role selector (no sign-in yet); stores the role in ``st.session_state``.
+    """Demo mode only: the role selector, under a plain warning that authentication is off.
 
-    The role lives under the plain key :data:`~quality.ui.nav.ROLE_KEY` (kept even on runs
-    that do not draw the picker); the widget has its own key and is seeded from it.
+    Stores the role in ``st.session_state`` under the plain key
+    :data:`~quality.ui.nav.ROLE_KEY` (kept even on runs that do not draw the picker); the
+    widget has its own key and is seeded from it.
     """
     widget_key = f"_{ROLE_KEY}_picker"
     if st.session_state.get(widget_key) not in ROLES:
         role = st.session_state.get(ROLE_KEY)
         st.session_state[widget_key] = role if role in ROLES else DEFAULT_ROLE
     role = st.sidebar.selectbox("Demo mode — no sign-in; pick a role", ROLES, key=widget_key)
-    st.sidebar.caption("Authentication is off in demo mode: anyone can pick any role.")
+    st.sidebar.warning(DEMO_WARNING, icon="⚠️")
     st.session_state[ROLE_KEY] = role
     return str(role)
 

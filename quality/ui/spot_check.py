@@ -34,7 +34,7 @@ from quality.errors import (
     SchemaOutdatedError,
 )
 from quality.overlays import Overlay, overlays_for_image
-from quality.ui import data, viewer
+from quality.ui import data, trail, viewer, widgets
 
 __all__ = [
     "DEFAULT_SAMPLE_SIZE",
@@ -148,9 +148,10 @@ def _read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 
 def _write(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a writer in its own committed session, then drop the caches it made stale."""
+    """Run a writer in its own committed session on the read-write DB, then drop the caches
+    it made stale."""
     try:
-        return data.run_query(data.db_url(), fn, *args, **kwargs)
+        return data.run_write(fn, *args, **kwargs)
     finally:
         clear_review_caches()
 
@@ -211,12 +212,21 @@ def _add_reviewer() -> None:
 
 
 def reviewer_picker() -> int | None:
-    """Pick a reviewer, or type a new one (demo mode: no sign-in until issue 9).
+    """The reviewer: the signed-in user; in demo mode (no sign-in) a picked or typed name.
+
+    Outside demo mode nobody may give verdicts under another person's name, so there is no
+    picker: the verdicts are the signed-in user's.
 
     Returns
     -------
     The reviewer's user id, or None while none is picked.
     """
+    from quality.ui import auth as ui_auth
+
+    user = ui_auth.current_user()
+    if user is not None:
+        st.caption(f"Reviewing as **{user.username}** (signed in).")
+        return user.id
     users = _reviewers(data.db_url())
     names = [str(u) for u in users["username"]]
     options = [*names, NEW_REVIEWER]
@@ -395,7 +405,15 @@ def _submit(
     drafts: dict[str, dict[str, Any]] = st.session_state.setdefault(_DRAFTS, {})
     key = _draft_key(review_session_id, prediction_id, reviewer_id)
     try:
-        _write(rv.submit_verdict, prediction_id, reviewer_id, verdict, **entry)
+        _write(
+            rv.submit_verdict,
+            prediction_id,
+            reviewer_id,
+            verdict,
+            **entry,
+            actor=trail.actor(),
+            review_session_id=review_session_id,
+        )
     except QualityError as exc:
         drafts[key] = entry
         _flash("error", f"Not saved — {exc}. What you entered is kept; correct it or try again.")
@@ -717,11 +735,13 @@ def downloads(summary: rv.ReviewSummary, export: pd.DataFrame, stem: str) -> Non
     cols = st.columns(len(files))
     for col, (label, text) in zip(cols, files.items(), strict=True):
         slug = label.lower().replace(" ", "-")
-        col.download_button(
+        widgets.download_button(
             f"⬇️ {label} (CSV)",
             text,
             file_name=f"{stem}-{slug}.csv",
+            what=f"spot-check: {label}",
             mime="text/csv",
             key=f"spot_dl_{slug}",
+            container=col,
             width="stretch",
         )

@@ -73,10 +73,15 @@ from quality.dicom import (
     scrub,
     to_display,
 )
-from quality.errors import DicomReadError, StoreError, StoreUnavailableError
+from quality.errors import (
+    DicomReadError,
+    PermissionDeniedError,
+    StoreError,
+    StoreUnavailableError,
+)
 from quality.overlays import Overlay, OverlayGroup
 from quality.store import is_remote
-from quality.ui import data
+from quality.ui import data, nav, trail
 
 __all__ = [
     "AUTO",
@@ -753,18 +758,40 @@ def _manual_sliders(cached: _Cached, key: str) -> tuple[float, float]:
     return float(center), float(width)
 
 
-def render_header_table(uri: str, *, key: str = "header", height: int = 620) -> None:
+def render_header_table(
+    uri: str, *, key: str = "header", height: int = 620, target: str | None = None
+) -> None:
     """The DICOM header of ``uri`` as a table, with PHI values masked.
+
+    Admins (:data:`quality.ui.trail.REVEAL_ROLES`) also get a *Reveal PHI fields* toggle:
+    on, the table shows the real values, and the reveal is written to the audit log once per
+    image and session (:func:`quality.ui.trail.reveal_header`, which checks the role again).
+    Other roles never see the toggle.
 
     Parameters
     ----------
     uri : ``images.uri`` of the file.
     key : widget key.
     height : table height in pixels.
+    target : what the audit row names (the image's SOP Instance UID); default ``uri``.
     """
+    reveal = False
+    if nav.current_role() in trail.REVEAL_ROLES:
+        reveal = st.toggle(
+            "🔓 Reveal PHI fields",
+            key=f"{key}_reveal",
+            help="Admins only. Shows patient identifiers; every reveal is in the audit log.",
+        )
     try:
         path, mtime = _open(uri)
-        table = _header(path, mtime)
+        if reveal:
+            rows = trail.reveal_header(path, target or uri)
+            table = pd.DataFrame(rows, columns=["tag", "keyword", "vr", "value"]).astype(str)
+        else:
+            table = _header(path, mtime)
+    except PermissionDeniedError as exc:
+        st.error(f"Not revealed: {exc}.", icon="⛔")
+        return
     except (DicomReadError, StoreError) as exc:
         _problem(uri, exc, "read the header of")
         return
@@ -780,4 +807,7 @@ def render_header_table(uri: str, *, key: str = "header", height: int = 620) -> 
             "value": st.column_config.TextColumn("value", width="large"),
         },
     )
-    st.caption("Identifying fields read «masked» (DICOM PS3.15 basic profile).")
+    if reveal:
+        st.caption("⚠️ Identifying fields are shown: this reveal is recorded in the audit log.")
+    else:
+        st.caption("Identifying fields read «masked» (DICOM PS3.15 basic profile).")

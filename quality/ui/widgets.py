@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from quality.db.queries import FRESH_DAYS, STALE_DAYS
-from quality.ui import data, viewer
+from quality.ui import data, trail, viewer
 
 __all__ = [
     "FRESHNESS_BADGES",
@@ -22,6 +22,7 @@ __all__ = [
     "StudyFilters",
     "dataset_card",
     "dataset_table",
+    "download_button",
     "study_filters",
     "study_table",
     "study_viewer",
@@ -36,6 +37,58 @@ FRESHNESS_BADGES: dict[str, tuple[str, str]] = {
 PAGE_SIZES = (25, 50, 100)
 _PAGE_KEY = "browser_page"
 _STUDY_KEY = "browser_study"
+
+
+def _n_rows(payload: Any, mime: str) -> int | None:
+    """Data rows of a CSV payload (lines after the header), else None: a report has none."""
+    if "csv" not in mime:
+        return None
+    text = payload.decode("utf-8", errors="replace") if isinstance(payload, bytes) else payload
+    if not isinstance(text, str):
+        return None
+    return max(len(text.strip("\n").splitlines()) - 1, 0) if text.strip() else 0
+
+
+def download_button(
+    label: str,
+    payload: Any,
+    file_name: str,
+    *,
+    what: str,
+    mime: str = "text/csv",
+    key: str | None = None,
+    rows: int | None = None,
+    container: Any = None,
+    **kwargs: Any,
+) -> bool:
+    """``st.download_button`` that writes an ``export`` audit row when clicked.
+
+    Every download of the app goes through here, so each export is in the audit log: target
+    the file name, details ``{"what": what, "rows": rows}``.
+
+    Parameters
+    ----------
+    label, payload, file_name, mime, key : as for ``st.download_button`` (``payload`` is its
+        ``data``).
+    what : what the file holds, in a few words (``doctor report``, ``verdicts``).
+    rows : data rows in the file; counted from the payload for CSV when not given.
+    container : where to draw the button (a column); default the page.
+    **kwargs : more ``st.download_button`` arguments (``width``, ``help``, ``icon``, ...).
+    """
+    n = rows if rows is not None else _n_rows(payload, mime)
+    target = container if container is not None else st
+    return bool(
+        target.download_button(
+            label,
+            payload,
+            file_name=file_name,
+            mime=mime,
+            key=key,
+            on_click=trail.record_export,
+            args=(file_name, what, n),
+            **kwargs,
+        )
+    )
 
 
 def _fmt_time(value: Any) -> str:
@@ -269,4 +322,6 @@ def study_viewer(study_uid: str) -> None:
         )
     with header:
         st.caption("DICOM header (PHI masked)")
-        viewer.render_header_table(str(row["uri"]), key="browser_header")
+        viewer.render_header_table(
+            str(row["uri"]), key="browser_header", target=str(row["sop_uid"])
+        )

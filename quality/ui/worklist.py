@@ -23,7 +23,7 @@ import streamlit as st
 
 from quality import models
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
-from quality.ui import data, thumbs
+from quality.ui import data, thumbs, widgets
 from quality.ui.image_quality import embeddings_dir
 
 __all__ = [
@@ -300,10 +300,12 @@ def download(w: models.Worklist) -> None:
     """The CSV worklist for the labeling team."""
     if w.items.empty:
         return
-    st.download_button(
+    widgets.download_button(
         "⬇️ Worklist (CSV)",
         w.to_csv(),
         file_name=f"worklist-{w.task_name}-{w.model_version.version}-{w.strategy}.csv",
+        what="labeling worklist",
         mime="text/csv",
         key="wl_download",
+        rows=len(w.items),
     )
