@@ -209,7 +209,7 @@ def main() -> None:
     print(f"{len(files)} files under {folder}; {os.cpu_count()} cores; runs={args.runs}\n")
     rows = []
 
-    t_ours, n = timed(ours(str(folder), args.workers), args.runs)
+    t_ours, _ = timed(ours(str(folder), args.workers), args.runs)
     t_peer, _ = timed(peer_folder(files), args.runs)
     rows.append(report("folder", len(files), t_ours, t_peer, "dcmread+sha256 loop"))
     thumb_uris = {"folder": [str(p) for p in files[: args.thumbs]]}
@@ -224,7 +224,7 @@ def main() -> None:
                 moto.upload_folder(folder, "bench", "demo")
                 os.environ.update(moto.env())
                 uri = "s3://bench/demo"
-                t_ours, n = timed(ours(uri, args.workers), args.runs)
+                t_ours, _ = timed(ours(uri, args.workers), args.runs)
                 t_peer, _ = timed(peer_s3(moto.endpoint_url, "bench", "demo/"), args.runs)
                 rows.append(report("s3", len(files), t_ours, t_peer, "boto3 get+hash loop"))
                 keys = [p.relative_to(folder).as_posix() for p in files[: args.thumbs]]
