@@ -341,8 +341,11 @@ def test_header_read_uses_ranged_gets(
     header = dicom.read_header(uri)
     assert str(header.SOPInstanceUID) == "1.2.826.0.1.3680043.8.498.77.3"
     assert "PixelData" not in header
-    assert 1 <= gets["calls"] <= 2
-    assert 0 < gets["bytes"] <= 2 * BLOCK_SIZE + 4096 < size // 8
+    # The header lies inside the first block: one ranged GET of one block, not the object.
+    assert gets["calls"] == 1
+    # readahead fetches a block beyond the read that triggered it (pydicom's first small read)
+    extra = gets["bytes"] - BLOCK_SIZE
+    assert 0 <= extra <= 4096 and gets["bytes"] < size // 8
 
     # The counter sees whole reads too: decoding the pixels needs every byte, fetched in one
     # plain GET of the whole object (read_bytes), with no HEAD before it.
