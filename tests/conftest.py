@@ -13,7 +13,6 @@ import glob
 import itertools
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from netutil import free_port
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
@@ -69,12 +69,6 @@ def service_missing(what: str) -> None:
     pytest.skip(f"{what} not available")
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pg_bindir() -> Path | None:
     env = os.environ.get("QUALITY_PG_BINDIR")
     if env and Path(env, "initdb").exists():
@@ -93,7 +87,7 @@ class PgCluster:
         self.bindir = bindir
         self.tmp = Path(tempfile.mkdtemp(prefix="quality-pg-"))
         self.data = self.tmp / "data"
-        self.port = _free_port()
+        self.port = free_port()
         self.user = "quality"
         self._counter = itertools.count()
         self._run_as: list[str] = []

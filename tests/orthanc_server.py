@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 from types import TracebackType
 
 import requests
+from netutil import free_port
 
 __all__ = ["ORTHANC_BIN", "PLUGIN_DIR", "OrthancServer", "orthanc_available"]
 
@@ -72,12 +72,6 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OrthancServer:
@@ -155,7 +149,7 @@ class OrthancServer:
             # No bind-address option in 1.10: this makes Orthanc refuse non-loopback clients.
             "RemoteAccessAllowed": False,
             "DicomServerEnabled": False,
-            "DicomPort": _free_port(),  # unused (server disabled), but never the default 4242
+            "DicomPort": free_port(),  # unused (server disabled), but never the default 4242
             "AuthenticationEnabled": bool(self.users),
             "RegisteredUsers": self.users,
             "Plugins": plugins,
@@ -197,7 +191,7 @@ class OrthancServer:
             return self
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         if not self.http_port:
-            self.http_port = _free_port()
+            self.http_port = free_port()
         config_path = self._tmp / "orthanc.json"
         config_path.write_text(json.dumps(self._config(), indent=2))
         with self.log_path.open("ab") as log:

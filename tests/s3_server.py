@@ -12,7 +12,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+
+from netutil import free_port
 
 __all__ = ["MotoServer", "moto_available"]
 
@@ -43,12 +44,6 @@ def moto_available() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class MotoServer:
     """``python -m moto.server`` bound to 127.0.0.1 on a free (or given) port.
 
@@ -62,7 +57,7 @@ class MotoServer:
     def __init__(
         self, *, port: int | None = None, server_env: dict[str, str] | None = None
     ) -> None:
-        self.port = port if port is not None else _free_port()
+        self.port = port if port is not None else free_port()
         self._server_env = dict(server_env or {})
         self.endpoint_url = f"http://127.0.0.1:{self.port}"
         self._tmp = Path(tempfile.mkdtemp(prefix="quality-moto-"))

@@ -10,7 +10,6 @@ import datetime as dt
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import pydicom
 import pytest
 import requests
 from conftest import service_missing
+from netutil import free_port
 from orthanc_server import OrthancServer, orthanc_available
 from PIL import Image as PILImage
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -467,12 +467,6 @@ def test_bearer_token_is_sent(auth_pacs: OrthancServer) -> None:
 # --------------------------------------------------------------------------- 3. URIs
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_root_uri_and_source() -> None:
     store = DicomWebStore("dicomweb+http://127.0.0.1:8042/dicom-web/?source=east_imaging")
     assert store.root == "dicomweb+http://127.0.0.1:8042/dicom-web"
@@ -499,7 +493,7 @@ def test_root_uri_and_source() -> None:
 
 def test_entry_uris_cannot_escape_the_root() -> None:
     # Nothing listens here: a request would be StoreUnavailableError, not plain StoreError.
-    root = f"dicomweb+http://127.0.0.1:{_free_port()}/dicom-web"
+    root = f"dicomweb+http://127.0.0.1:{free_port()}/dicom-web"
     store = _store(root, retries=1)
     good = f"{root}/studies/1.2.3/series/1.2.4/instances/1.2.5"
     assert store._parse_entry(good) == ("1.2.3", "1.2.4", "1.2.5")

@@ -19,8 +19,6 @@ from sqlalchemy.orm import Session
 
 from quality import audit
 from quality import auth as core
-from quality.config import get_settings
-from quality.db.session import session_scope
 from quality.errors import QualityError
 from quality.ui import auth as ui_auth
 from quality.ui import data
@@ -52,13 +50,12 @@ def _guard() -> Iterator[None]:
 
 
 def _read(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    with session_scope(data.get_engine(get_settings().db_url)) as session:
-        return fn(session, *args, **kwargs)
+    # The read-write URL: rows written a moment ago must show (a replica may lag).
+    return data.run_query(data.write_url(), fn, *args, **kwargs)
 
 
 def _write(fn: Callable[[Session], None]) -> None:
-    with session_scope(data.get_engine(get_settings().db_url)) as session:
-        fn(session)
+    data.run_write(fn)
 
 
 def audit_filters() -> dict[str, Any]:

@@ -38,7 +38,7 @@ from streamlit.errors import StreamlitAPIException
 
 from quality import audit
 from quality import auth as core
-from quality.config import get_settings, oidc_provider_label, oidc_providers, read_auth_section
+from quality.config import oidc_provider_label, oidc_providers, read_auth_section
 from quality.db.session import session_scope
 from quality.errors import AuthError, DatabaseUnavailableError
 from quality.ui import data, nav, sidebar
@@ -57,16 +57,12 @@ _FLASH_KEY = "_auth_flash"
 _FORM_KEY = "sign_in"
 
 
-def _write_url() -> str:
-    # Sign-ins write audit rows: always the read-write URL.
-    return get_settings().db_url
-
-
 @contextmanager
 def _session() -> Iterator[Session]:
     """A committing session on the read-write DB; DB trouble shows a message and stops."""
     try:
-        with session_scope(data.get_engine(_write_url())) as session:
+        # Sign-ins write audit rows: always the read-write URL.
+        with session_scope(data.get_engine(data.write_url())) as session:
             yield session
     except DatabaseUnavailableError as exc:
         data.show_unavailable(exc)

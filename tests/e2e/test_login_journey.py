@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import copy_demo_db, service_missing
+from netutil import free_port
 from sqlalchemy.orm import Session
 
 from quality import auth
@@ -46,12 +46,6 @@ START_TIMEOUT_S = 90
 STEP_TIMEOUT_MS = 60_000
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _healthy(base: str) -> bool:
     try:
         with urllib.request.urlopen(f"{base}/_stcore/health", timeout=2) as resp:
@@ -72,7 +66,7 @@ def app_url(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         auth.add_user(s, ADMIN, "admin", "admin password 12")
         s.commit()
     engine.dispose()
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUALITY_")}
     env |= {"QUALITY_DB_URL": url, "QUALITY_DEMO_MODE": "0", "PYTHONUNBUFFERED": "1"}
     log = (folder / "streamlit.log").open("wb")
