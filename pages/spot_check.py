@@ -16,12 +16,14 @@ st.caption(
     "of its predictions, give each study a verdict, and see where they disagree."
 )
 
+# The last callback's message first: a verdict that could not be saved because the DB is
+# down says so even when the reads below stop the page for the same reason.
+spot.show_flash()
 data.require_data()
 dataset_id = sidebar.current_dataset_id()
 with spot.guard():
     reviewer_id = spot.reviewer_picker()
     version_id = spot.version_picker()
-spot.show_flash()
 
 tab_review, tab_summary = st.tabs(["🩺 Review", "📊 Summary"])
 with tab_review:

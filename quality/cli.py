@@ -109,33 +109,65 @@ def demo(
         Path, typer.Option("--out", help="Folder for DICOMs and truth file.")
     ] = Path("data_samples"),
     seed: Annotated[int, typer.Option(help="Random seed; same seed, same data.")] = 0,
-    size: Annotated[str, typer.Option(help="small | medium")] = "small",
+    size: Annotated[str, typer.Option(help="small | medium | large")] = "small",
+    scale: Annotated[
+        float,
+        typer.Option(help="large only: multiplies every count (10^5 studies at 1.0)."),
+    ] = 1.0,
+    base: Annotated[
+        str, typer.Option(hidden=True, help="large only: the demo scaled up (tests: tiny).")
+    ] = "small",
     workers: Annotated[int | None, typer.Option(help="Ingest processes (default: cores).")] = None,
     db: DbOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Generate deterministic synthetic DICOMs, annotations and predictions, with seeded truth."""
+    """Generate deterministic synthetic DICOMs, annotations and predictions, with seeded truth.
+
+    ``--size large`` builds the small demo, scores it, then scales the DB up to 10^5 studies,
+    2x10^5 images, 10^6 annotations by 60 doctors and 4x10^5 predictions over 180 days
+    (``--scale`` shrinks it); it needs ``--db`` or QUALITY_DB_URL, PostgreSQL recommended.
+    """
     from quality.db.session import session_scope, upgrade
-    from quality.demo import SIZES, build_demo
+    from quality.demo import SIZES, build_demo, build_large
 
     if size not in SIZES:
         raise _fail(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
+    if size != "large" and (scale != 1.0 or base != "small"):
+        raise _fail("--scale applies to --size large only")
     settings = get_settings(db_url=db)
     if db is None and "QUALITY_DB_URL" not in os.environ:
+        if size == "large":
+            raise _fail(
+                "--size large needs a database: pass --db URL or set QUALITY_DB_URL "
+                "(PostgreSQL, e.g. postgresql+psycopg://user@host/db; SQLite works but is slow "
+                "at this size)"
+            )
         settings.db_url = f"sqlite:///{out_dir / 'demo.db'}"
     engine = _engine(settings.db_url)
     try:
         upgrade(engine)
         with _progress(not as_json) as update, session_scope(engine) as session:
-            summary = build_demo(
-                session,
-                out_dir,
-                seed=seed,
-                size=size,
-                salt=settings.phi_salt,
-                workers=workers,
-                progress=update,
-            )
+            if size == "large":
+                summary = build_large(
+                    session,
+                    out_dir,
+                    seed=seed,
+                    salt=settings.phi_salt,
+                    scale=scale,
+                    base=base,
+                    workers=workers,
+                    progress=update,
+                )
+            else:
+                summary = build_demo(
+                    session,
+                    out_dir,
+                    seed=seed,
+                    size=size,
+                    salt=settings.phi_salt,
+                    workers=workers,
+                    progress=update,
+                )
     except QualityError as exc:
         raise _fail(str(exc)) from exc
     payload = summary.as_dict()
@@ -316,6 +348,12 @@ def score(
         str | None, typer.Option(help="auto | cpu | cuda (else QUALITY_DEVICE).")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per batch.")] = 32,
+    chunk_size: Annotated[
+        int,
+        typer.Option(
+            "--chunk-size", min=1, help="Images per commit (and per Dask task): a kill loses one."
+        ),
+    ] = 256,
     workers: Annotated[int, typer.Option(min=0, help="Decode processes (local).")] = 0,
     scheduler: Annotated[
         str | None, typer.Option(help="Dask scheduler tcp://HOST:PORT: score on its workers.")
@@ -343,6 +381,7 @@ def score(
                 dataset_id=dataset,
                 device=device or settings.device,
                 batch_size=batch_size,
+                chunk_size=chunk_size,
                 workers=workers,
                 scheduler=scheduler,
                 progress=update,

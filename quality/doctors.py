@@ -753,6 +753,7 @@ def build_doctor_report(
     confidence: float = 0.95,
     random_state: int = 0,
     positive: Sequence[str] | None = None,
+    prep: PreparedTask | None = None,
 ) -> DoctorReport:
     """Build the doctor-quality report of one labeling task (see module docs).
 
@@ -766,6 +767,9 @@ def build_doctor_report(
     positive : the classes that count as a finding for sensitivity and specificity.
         Default: every class except the first of the task's classes (for box and mask
         tasks: every class except "no finding").
+    prep : the task already prepared by :func:`~quality.agreement.summary.prepare_task` in
+        this transaction (the refresh of materialised results shares it with the agreement
+        summary); ignored when it is of another task.
 
     Returns
     -------
@@ -785,7 +789,8 @@ def build_doctor_report(
         raise LabelDataError(
             "build_doctor_report", "confidence", f"must lie in (0, 1), got {confidence}"
         )
-    prep = prepare_task(session, task_id)
+    if prep is None or prep.task.id != task_id:
+        prep = prepare_task(session, task_id)
     classes = prep.classes
     k = len(classes)
     pos = _positive_mask(classes, positive)

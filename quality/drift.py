@@ -161,6 +161,7 @@ __all__ = [
     "DriftResult",
     "build_drift_report",
     "choice_table",
+    "default_settings",
     "drift_columns",
     "feature_frame",
     "feature_values",
@@ -1330,6 +1331,33 @@ def build_drift_report(
         tests=dict(tests or {}),
         n_undated=int(features["study_date"].isna().sum()),
     )
+
+
+DEFAULT_WINDOW = "7D"
+DEFAULT_BY = "source"
+DEFAULT_ALPHA = 0.05
+
+
+def default_settings(
+    features: pd.DataFrame,
+) -> tuple[tuple[dt.date, dt.date], tuple[dt.date, dt.date], str, str | None, float] | None:
+    """The Drift page's default settings for a feature frame, or None without dated images.
+
+    ``(reference, current, window, by, alpha)``: the reference is the first
+    :data:`DEFAULT_REFERENCE_DAYS` days of study dates (at most up to the last date), the
+    current period the rest (the last day alone when the data is shorter), weekly windows,
+    per source, Benjamini-Hochberg at 0.05. The page's controls start there, and
+    :mod:`quality.db.aggregates` computes this report ahead.
+    """
+    if features.empty:
+        return None
+    dates = features["study_date"].dropna()
+    if dates.empty:
+        return None
+    first, last = dates.min().date(), dates.max().date()
+    ref_end = min(first + dt.timedelta(days=DEFAULT_REFERENCE_DAYS - 1), last)
+    cur_start = min(ref_end + dt.timedelta(days=1), last)
+    return (first, ref_end), (cur_start, last), DEFAULT_WINDOW, DEFAULT_BY, DEFAULT_ALPHA
 
 
 def feature_values(report: DriftReport, feature: str, scope: str = ALL_SCOPE) -> pd.DataFrame:

@@ -52,6 +52,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from quality import dicom
+from quality.db.aggregates import refresh_after_write
 from quality.db.schema import Image, IngestError, Series, Source, Study
 from quality.errors import DicomReadError, StoreUnavailableError
 from quality.store import StoreEntry, is_remote, open_store
@@ -529,4 +530,5 @@ def ingest(
     summary.error_kinds = dict(error_kinds)
     summary.seconds = time.perf_counter() - t0
     log.info("ingest %s done: %s", store.root, summary.as_dict())
+    refresh_after_write(session)  # the pages' heavy results, computed ahead
     return summary

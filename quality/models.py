@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, get_args
@@ -74,7 +74,10 @@ __all__ = [
     "STRATEGIES",
     "TRUTHS",
     "VERSION_COLUMNS",
+    "WORKLIST_BUDGET",
     "WORKLIST_COLUMNS",
+    "WORKLIST_SEED",
+    "WORKLIST_STRATEGY",
     "ChecklistItem",
     "ModelComparison",
     "Pool",
@@ -88,6 +91,9 @@ __all__ = [
     "committee_scores",
     "compare_versions",
     "default_pair",
+    "default_pool",
+    "default_task",
+    "default_version",
     "entropy_scores",
     "k_center_greedy",
     "list_model_versions",
@@ -100,6 +106,7 @@ __all__ = [
     "resolve_model_version",
     "roc_auc",
     "roc_curve",
+    "worklist_defaults",
 ]
 
 Truth = Literal["gold", "consensus"]
@@ -1987,6 +1994,53 @@ def _class_mix(items: pd.DataFrame, negative: str) -> pd.DataFrame:
     predicted = items["predicted_label"].fillna("(no prediction)").value_counts().sort_index()
     rows += [{"kind": "predicted", "class": str(c), "n": float(n)} for c, n in predicted.items()]
     return pd.DataFrame(rows, columns=["kind", "class", "n"])
+
+
+WORKLIST_STRATEGY: Final = "entropy"
+"""The Labeling worklist page's default strategy."""
+WORKLIST_BUDGET: Final = 50
+"""The Labeling worklist page's default budget."""
+WORKLIST_SEED: Final = 0
+"""The Labeling worklist page's default seed."""
+
+
+def default_version(versions: pd.DataFrame) -> int:
+    """The version a worklist ranks by default: the newest production one, else the first
+    row of :func:`list_model_versions` (which must not be empty)."""
+    prod = versions.loc[versions["status"] == "production", "version_id"]
+    return int(prod.iloc[-1]) if len(prod) else int(versions["version_id"].iloc[0])
+
+
+def default_task(model_task: Any, task_ids: Sequence[int]) -> int:
+    """The task of a worklist by default: the model's, when the dataset has it, else the
+    first (``task_ids`` must not be empty)."""
+    ids = [int(t) for t in task_ids]
+    return int(model_task) if model_task is not None and model_task in ids else ids[0]
+
+
+def default_pool(sizes: Mapping[str, int]) -> str:
+    """``unannotated`` while any image lacks an annotation, else ``no_gold``."""
+    return "unannotated" if sizes["unannotated"] else "no_gold"
+
+
+def worklist_defaults(
+    session: Session, dataset_id: int
+) -> tuple[int, str, int, int, str, int] | None:
+    """The Labeling worklist page's default settings for a dataset, or None when it has no
+    model version or no task: ``(version_id, strategy, budget, task_id, pool, seed)``, the
+    order of :func:`build_worklist`'s arguments. The page starts there and
+    :mod:`quality.db.aggregates` ranks it ahead."""
+    from quality.db.queries import list_tasks
+
+    versions = list_model_versions(session, dataset_id)
+    tasks = list_tasks(session, dataset_id)
+    if versions.empty or tasks.empty:
+        return None
+    version_id = default_version(versions)
+    model_task = versions.loc[versions["version_id"] == version_id, "task_id"].iloc[0]
+    task_id = default_task(None if pd.isna(model_task) else int(model_task), tasks["id"])
+    pool = default_pool(pool_sizes(session, dataset_id, task_id))
+    return version_id, WORKLIST_STRATEGY, WORKLIST_BUDGET, task_id, pool, WORKLIST_SEED
 
 
 @_db_errors

@@ -117,7 +117,9 @@ from quality.db.schema import (
     Study,
     User,
 )
+from quality.db.session import safe_url
 from quality.errors import (
+    DatabaseUnavailableError,
     EmptyDatabaseError,
     LabelDataError,
     QualityError,
@@ -1345,6 +1347,9 @@ def submit_verdict(
         outside the classes, a malformed box, or a correction that contradicts ``agree``.
     ReviewWriteError
         The database refused the write or stayed locked; nothing was saved.
+    DatabaseUnavailableError
+        The database cannot be reached, or the connection was lost during the write: the
+        same call again, once it is back, stores the verdict once (the upsert).
     """
     if verdict not in VERDICTS:
         raise ReviewInputError(
@@ -1411,6 +1416,14 @@ def submit_verdict(
             break
         except OperationalError as exc:
             session.rollback()
+            if exc.connection_invalidated:
+                # The server went away mid-write (a restart): nothing was committed, unless
+                # the commit itself was cut, and a retry is the same upsert. Say "unreachable"
+                # so that the caller keeps the entry for a retry.
+                raise DatabaseUnavailableError(
+                    safe_url(session.get_bind()),  # type: ignore[arg-type]
+                    str(exc.orig).strip(),
+                ) from exc
             if not _is_busy(exc) or attempt == _WRITE_ATTEMPTS - 1:
                 raise ReviewWriteError(what, str(exc.orig).strip()) from exc
             # The lock holder finishes its (tiny) transaction; wait, then try again.

@@ -44,7 +44,7 @@ def _build(tmp: Path, seed: int, size: str = "tiny") -> tuple[str, dict[str, Any
 
 
 def test_sizes_are_public_without_tiny():
-    assert SIZES == ("small", "medium")
+    assert SIZES == ("small", "medium", "large")
 
 
 def test_same_seed_same_content_other_seed_differs(tmp_path: Path):

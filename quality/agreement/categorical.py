@@ -51,6 +51,7 @@ __all__ = [
     "fleiss_kappa",
     "gwet_ac1",
     "krippendorff_alpha",
+    "krippendorff_alpha_nominal_ci",
     "percent_agreement",
     "scott_pi",
 ]
@@ -1130,6 +1131,107 @@ def bootstrap_ci(
             stats[k] = statistic(*draw(rng))
         except LabelDataError:
             continue  # an undefined resample, e.g. no item rated twice: left out (see Returns)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    ok = stats[~np.isnan(stats)]
+    if ok.size == 0:
+        return CI(float(estimate), float("nan"), float("nan"))
+    low, high = np.percentile(ok, [tail, 100.0 - tail])
+    return CI(float(estimate), float(low), float(high))
+
+
+def krippendorff_alpha_nominal_ci(
+    reliability_data: npt.ArrayLike,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    random_state: int | np.random.Generator | None = None,
+) -> CI:
+    r"""Nominal Krippendorff's alpha with its percentile bootstrap interval over units, fast.
+
+    The same result as ``bootstrap_ci(lambda d: krippendorff_alpha(d, level="nominal"),
+    reliability_data, axis=1, ...)`` with the same ``random_state``: the same units are drawn
+    (one ``integers(0, n, size=n)`` per resample) and the same resamples are left out (one
+    in which a rater has no rating), but no resample is materialised. Nominal alpha is a
+    function of sums over units,
+
+    .. math::
+
+        \alpha = 1 - (n - 1)\,\frac{n - \sum_u t_u}{n^2 - \sum_c n_c^2},\qquad
+        t_u = \frac{\sum_c n_{uc}^2 - m_u}{m_u - 1},\quad n = \sum_u m_u,\quad
+        n_c = \sum_u n_{uc},
+
+    over pairable units (:math:`m_u \ge 2`), with :math:`n_{uc}` the ratings of value
+    :math:`c` in unit :math:`u` (Krippendorff 2011). A resample that draws unit :math:`u`
+    :math:`w_u` times has every sum weighted by :math:`w`, so each resample costs a few
+    dot products with the draw counts instead of rebuilding and re-coding a
+    ``raters × units`` matrix: at 10^5 units and 200 resamples, about a second instead of
+    minutes. Agreement with the plain bootstrap is tested to 1e-12.
+
+    Parameters
+    ----------
+    reliability_data : ``raters × units`` (NaN: missing), as :func:`krippendorff_alpha`.
+    n_resamples, confidence, random_state : as :func:`bootstrap_ci`.
+
+    Returns
+    -------
+    CI
+
+    Raises
+    ------
+    LabelDataError
+        As :func:`krippendorff_alpha` for the estimate, or bad ``n_resamples``/``confidence``.
+
+    References
+    ----------
+    Krippendorff, K. (2011). Computing Krippendorff's Alpha-Reliability.
+    Efron, B., & Tibshirani, R. J. (1993). *An Introduction to the Bootstrap*, ch. 13.
+    """
+    source = "bootstrap_ci"
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer):
+        raise LabelDataError(source, "n_resamples", f"must be an int, got {n_resamples!r}")
+    if n_resamples < 1:
+        raise LabelDataError(source, "n_resamples", f"must be at least 1, got {n_resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise LabelDataError(source, "confidence", f"must lie in (0, 1), got {confidence}")
+    x = _reliability_matrix(reliability_data, "nominal", None, "krippendorff_alpha")
+    estimate = _alpha_nominal(x)
+    present = ~np.isnan(x)
+    codes, values = _codes(x, present)
+    n_values = len(values)
+    n_raters, n_units = x.shape
+    if n_units * n_values > _DENSE_CELLS:  # many distinct values: the plain bootstrap
+        return bootstrap_ci(
+            lambda d: krippendorff_alpha(d, level="nominal"),
+            x,
+            n_resamples=n_resamples,
+            confidence=confidence,
+            random_state=random_state,
+            axis=1,
+        )
+    m = present.sum(axis=0)
+    keys = (np.arange(n_units, dtype=np.int64)[None, :] * n_values + codes)[present]
+    counts = np.bincount(keys, minlength=n_units * n_values).reshape(n_units, n_values)
+    pairable = m >= 2
+    mf = m.astype(np.float64)
+    sq = np.einsum("uc,uc->u", counts, counts).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(pairable, (sq - mf) / (mf - 1.0), 0.0)
+    mp = np.where(pairable, mf, 0.0)
+    n_uc = counts * pairable[:, None]
+    rated = present.astype(np.float64)  # raters × units
+    rng = np.random.default_rng(random_state)
+    stats = np.full(n_resamples, np.nan)
+    for k in range(n_resamples):
+        w = np.bincount(rng.integers(0, n_units, size=n_units), minlength=n_units)
+        wf = w.astype(np.float64)
+        if n_raters and np.any(rated @ wf == 0.0):
+            continue  # a rater without ratings in this resample: krippendorff_alpha refuses it
+        n = float(wf @ mp)
+        n_c = wf @ n_uc
+        d_e = n * n - float(n_c @ n_c)
+        if d_e <= 0.0:
+            continue
+        stats[k] = 1.0 - (n - 1.0) * (n - float(wf @ t)) / d_e
     tail = (1.0 - confidence) / 2.0 * 100.0
     ok = stats[~np.isnan(stats)]
     if ok.size == 0:

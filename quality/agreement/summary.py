@@ -37,9 +37,8 @@ from numpy.typing import NDArray
 from sqlalchemy.orm import Session
 
 from quality.agreement.categorical import (
-    bootstrap_ci,
     fleiss_kappa,
-    krippendorff_alpha,
+    krippendorff_alpha_nominal_ci,
     percent_agreement,
 )
 from quality.agreement.consensus import DawidSkene
@@ -385,21 +384,26 @@ def _per_class(counts: NDArray[np.float64], classes: list[str]) -> pd.DataFrame:
 def _alpha(
     prep: PreparedTask, n_resamples: int, random_state: int, confidence: float = 0.95
 ) -> dict[str, Any]:
-    wide = prep.labels.pivot(index="annotator_id", columns="item_id", values="label")
-    codes = pd.Index(prep.classes)
-    rel = np.full(wide.shape, np.nan)
-    mask = wide.notna().to_numpy()
-    rel[mask] = codes.get_indexer(wide.to_numpy()[mask])
+    # The annotators × items matrix of class codes (NaN: no label), made with numpy: a pivot
+    # of the string labels builds one pandas column per item (minutes at 10^5 items).
+    lab = prep.labels
+    rows, annotators = pd.factorize(lab["annotator_id"], sort=True)
+    cols, items = pd.factorize(lab["item_id"], sort=True)
+    if np.unique(rows.astype(np.int64) * max(len(items), 1) + cols).size < len(lab):
+        raise ValueError("the cleaned labels hold two labels of one annotator on one item")
+    rel = np.full((len(annotators), len(items)), np.nan)
+    labels = lab["label"].to_numpy(dtype=object)
+    valid = lab["label"].notna().to_numpy()
+    rel[rows[valid], cols[valid]] = pd.Index(prep.classes).get_indexer(labels[valid])
+    mask = ~np.isnan(rel)
     n_items = int((mask.sum(axis=0) >= 2).sum())
-    base = {"level": "nominal", "n_items": n_items, "n_annotators": int(wide.shape[0])}
+    base = {"level": "nominal", "n_items": n_items, "n_annotators": len(annotators)}
     try:
-        ci = bootstrap_ci(
-            lambda d: krippendorff_alpha(d, level="nominal"),
+        ci = krippendorff_alpha_nominal_ci(
             rel,
             n_resamples=n_resamples,
             confidence=confidence,
             random_state=random_state,
-            axis=1,
         )
     except LabelDataError:
         return {"estimate": float("nan"), "low": float("nan"), "high": float("nan"), **base}
@@ -439,11 +443,22 @@ def disagreement_table(prep: PreparedTask) -> pd.DataFrame:
         n_labels=("label", "size"),
         agreement=("agree", "mean"),
     )
-    wide = prep.labels.pivot(index="item_id", columns="annotator_id", values="label")
-    stats["labels"] = pd.Series(
-        [{k: v for k, v in row.items() if isinstance(v, str)} for row in wide.to_dict("records")],
-        index=wide.index,
+    # code → label per item, codes in sorted order (as the columns of a pivot would be),
+    # from the long labels: a pivot of string labels is one pandas column per annotator
+    # but its records are items × annotators Python objects.
+    long = prep.labels[["item_id", "annotator_id", "label"]].sort_values(
+        ["item_id", "annotator_id"], kind="stable"
     )
+    by_item: dict[Any, dict[Any, str]] = {}
+    for item, code, label in zip(
+        long["item_id"].to_numpy(),
+        long["annotator_id"].to_numpy(dtype=object),
+        long["label"].to_numpy(dtype=object),
+        strict=True,
+    ):
+        if isinstance(label, str):
+            by_item.setdefault(item, {})[code] = label
+    stats["labels"] = pd.Series([by_item.get(i, {}) for i in stats.index], index=stats.index)
     out = stats.reset_index().sort_values(
         ["agreement", "confidence", "n_labels", "item_id"],
         ascending=[True, True, False, True],
@@ -461,6 +476,7 @@ def build_agreement_summary(
     random_state: int = 0,
     min_shared: int = 5,
     top_n: int = 24,
+    prep: PreparedTask | None = None,
 ) -> AgreementSummary:
     r"""Agreement statistics of one labeling task.
 
@@ -485,6 +501,8 @@ def build_agreement_summary(
     random_state : seed of the bootstrap.
     min_shared : least number of shared items for a pairwise kappa (NaN below).
     top_n : number of worst items to return.
+    prep : the task already prepared by :func:`prepare_task` in this transaction (shared with
+        the doctor report by the refresh of materialised results); ignored when of another task.
 
     Returns
     -------
@@ -495,7 +513,8 @@ def build_agreement_summary(
     LabelDataError
         Unknown task, no valid labels, or fewer than two annotators.
     """
-    prep = prepare_task(session, task_id)
+    if prep is None or prep.task.id != task_id:
+        prep = prepare_task(session, task_id)
     _, anns, x = _one_hot(prep)
     kappa, shared = _pairwise(x, anns, min_shared)
     counts = x.sum(axis=1)

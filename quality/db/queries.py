@@ -479,31 +479,29 @@ def filter_options(session: Session, dataset_id: int | None = None) -> dict[str,
     ``date_max`` (:class:`datetime.date` or None). With ``dataset_id``, only the studies
     with an image in the dataset's newest version count.
     """
-    scope = select(Study.id)
+    # One pass over the scope (EXPLAIN: the dataset semi-join is the whole cost, and three
+    # queries made it three times): one row per (source, modality) with its date range.
+    stmt = (
+        select(
+            Source.name,
+            Study.modality,
+            func.min(Study.study_date),
+            func.max(Study.study_date),
+        )
+        .select_from(Study)
+        .outerjoin(Source, Source.id == Study.source_id)
+        .group_by(Source.name, Study.modality)
+    )
     if dataset_id is not None:
-        scope = scope.where(Study.id.in_(_dataset_study_ids(dataset_id)))
-    scoped = Study.id.in_(scope)
-    sources = session.scalars(
-        select(Source.name)
-        .distinct()
-        .join(Study, Study.source_id == Source.id)
-        .where(scoped)
-        .order_by(Source.name)
-    ).all()
-    modalities = session.scalars(
-        select(Study.modality)
-        .distinct()
-        .where(scoped, Study.modality.is_not(None))
-        .order_by(Study.modality)
-    ).all()
-    date_min, date_max = session.execute(
-        select(func.min(Study.study_date), func.max(Study.study_date)).where(scoped)
-    ).one()
+        stmt = stmt.where(Study.id.in_(_dataset_study_ids(dataset_id)))
+    rows = session.execute(stmt).all()
+    lows = [_as_date(r[2]) for r in rows if r[2] is not None]
+    highs = [_as_date(r[3]) for r in rows if r[3] is not None]
     return {
-        "sources": list(sources),
-        "modalities": list(modalities),
-        "date_min": _as_date(date_min),
-        "date_max": _as_date(date_max),
+        "sources": sorted({r[0] for r in rows if r[0] is not None}),
+        "modalities": sorted({r[1] for r in rows if r[1] is not None}),
+        "date_min": min(lows) if lows else None,
+        "date_max": max(highs) if highs else None,
     }
 
 
@@ -804,7 +802,8 @@ def task_labels(session: Session, task_id: int, *, has_mask: bool = False) -> pd
         .where(Annotation.task_id == task_id)
         .order_by(Annotation.image_id, Annotator.code, Annotation.created_at, Annotation.id)
     )
-    df = pd.DataFrame(session.execute(stmt).all(), columns=names)
+    # Plain tuples: pandas probes each Row's attributes, 2.5x slower at 10^6 rows.
+    df = pd.DataFrame([tuple(r) for r in session.execute(stmt)], columns=names)
     if has_mask:
         df["has_mask"] = df["has_mask"].astype(bool)
     df["item_id"] = df["item_id"].astype("int64")

@@ -403,6 +403,15 @@ class Prediction(Base):
     __tablename__ = "predictions"
     __table_args__ = (
         Index("ix_predictions_version_image", "model_version_id", "image_id"),
+        # The newest prediction of a version for an image, from the index alone (migration
+        # 0005; EXPLAIN: the per-image probe sorted heap rows by created_at).
+        Index(
+            "ix_predictions_version_image_newest",
+            "model_version_id",
+            "image_id",
+            "created_at",
+            "id",
+        ),
         CheckConstraint("score IS NULL OR (score >= 0 AND score <= 1)", name="score_unit"),
     )
 
@@ -614,3 +623,75 @@ class ReviewSessionItem(Base):
 
 
 __all__ += ["REVIEW_STRATEGIES", "ReviewSession", "ReviewSessionItem"]
+
+
+# --------------------------------------------------------------------------- materialised results
+
+TRACKED_TABLES = (
+    "sources",
+    "studies",
+    "series",
+    "images",
+    "ingest_errors",
+    "datasets",
+    "dataset_versions",
+    "dataset_items",
+    "version_labels",
+    "annotators",
+    "labeling_tasks",
+    "annotations",
+    "reference_labels",
+    "models",
+    "model_versions",
+    "predictions",
+    "image_quality",
+    "check_runs",
+    "check_results",
+)
+"""Tables whose every write bumps their row of :class:`DataChange` (triggers of migration
+0005): the inputs of the materialised results (:mod:`quality.db.aggregates`)."""
+
+
+class DataChange(Base):
+    """A change counter per tracked table, bumped by a trigger on every write.
+
+    Migration 0005 seeds one row per name of :data:`TRACKED_TABLES` and adds the triggers:
+    ``AFTER INSERT OR UPDATE OR DELETE`` (and ``TRUNCATE``) ``FOR EACH STATEMENT`` on
+    PostgreSQL, ``FOR EACH ROW`` on SQLite (it has no statement triggers). The counter moves
+    inside the writing transaction, so a reader sees a new version exactly when it sees the
+    rows that made it.
+    """
+
+    __tablename__ = "data_changes"
+    __table_args__ = {"comment": "write counters of the tracked tables (quality.db.aggregates)"}  # noqa: RUF012
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True, comment="table name")
+    version: Mapped[int] = mapped_column(
+        BigInteger, default=0, server_default="0", comment="bumped by every write"
+    )
+    changed_at: Mapped[dt.datetime | None] = mapped_column(
+        DateTime(timezone=True), comment="time of the last write"
+    )
+
+
+class MaterializedResult(Base):
+    """A page's heavy result, computed ahead by a writer (:func:`quality.db.aggregates.refresh`).
+
+    ``stamp`` holds the :class:`DataChange` versions of the tables the result was computed
+    from; a reader uses the row only while they are unchanged, and computes live otherwise.
+    """
+
+    __tablename__ = "materialized_results"
+    __table_args__ = (UniqueConstraint("kind", "key"),)
+
+    id: Mapped[intpk]
+    kind: Mapped[str] = mapped_column(String(64), comment="what was computed (a builder)")
+    key: Mapped[str] = mapped_column(String(512), comment="its arguments, as JSON")
+    stamp: Mapped[str] = mapped_column(String(1024), comment="input table versions, as JSON")
+    built_at: Mapped[created]
+    build_s: Mapped[float | None] = mapped_column(Float, comment="seconds the build took")
+    payload: Mapped[bytes] = mapped_column(LargeBinary, comment="the result, pickled")
+    n_bytes: Mapped[int] = mapped_column(BigInteger, comment="size of the payload")
+
+
+__all__ += ["TRACKED_TABLES", "DataChange", "MaterializedResult"]

@@ -27,7 +27,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from quality.demo.labels import (
     simulate_annotations,
     simulate_predictions,
 )
+from quality.demo.large import build_large
 from quality.demo.plan import (
     CLASSES,
     DRIFT,
@@ -78,10 +79,11 @@ __all__ = [
     "TRUTH_FILE",
     "DemoSummary",
     "build_demo",
+    "build_large",
     "db_content_hash",
 ]
 
-SIZES = ("small", "medium")
+SIZES = ("small", "medium", "large")
 DATASET_NAME = "chest-xray-demo"
 TRUTH_FILE = "demo_truth.json"
 MODEL_NAME = "chest-finding-classifier"
@@ -101,6 +103,8 @@ class DemoSummary:
     errors : ``ingest_errors`` rows.
     seconds : wall time.
     truth : path of ``demo_truth.json``.
+    extra : further JSON-ready facts merged into :meth:`as_dict` (the large demo's series,
+        doctors, predictions per version and seconds per phase).
     """
 
     files: int
@@ -111,6 +115,7 @@ class DemoSummary:
     errors: int
     seconds: float
     truth: Path
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready counts (the ``quality demo --json`` payload)."""
@@ -123,6 +128,7 @@ class DemoSummary:
             "errors": self.errors,
             "seconds": round(self.seconds, 2),
             "truth": str(self.truth),
+            **self.extra,
         }
 
 
@@ -178,7 +184,8 @@ def build_demo(
     out : output folder; files go to ``out/dicom/<source>/<accession>/<series>/<sop>.dcm``
         (a previous demo there is wiped) and the truth to ``out/demo_truth.json``.
     seed : random seed; the same seed gives the same files and DB content.
-    size : ``small`` (≈380 files) or ``medium`` (≈5×).
+    size : ``small`` (≈380 files), ``medium`` (≈5×) or ``large`` (:func:`build_large` at
+        scale 1: the small demo scaled up to 10⁵ studies and 10⁶ annotations).
     salt : PHI salt of the pseudonymous patient keys.
     workers : processes for writing and ingesting files (default: all cores).
     progress : called as ``progress(done, total, label)`` during the long phases.
@@ -194,6 +201,8 @@ def build_demo(
     """
     from quality.ingest import ingest  # late: ingest pulls in the store layer
 
+    if size == "large":
+        return build_large(session, out, seed=seed, salt=salt, workers=workers, progress=progress)
     if size not in SIZE_SPECS:
         raise QualityError(f"size must be one of {', '.join(SIZES)}, not {size!r}")
     if not salt:

@@ -24,6 +24,7 @@ The module imports neither torch nor streamlit: the page loads it on every run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import NDArray
 from sqlalchemy import Select, case, func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
 from quality.db.queries import _db_errors, newest_version_id
@@ -46,6 +49,7 @@ from quality.db.schema import (
 )
 
 __all__ = [
+    "EMBEDDINGS_ENV",
     "GROUP_COLUMNS",
     "IMAGE_COLUMNS",
     "METRICS",
@@ -54,6 +58,7 @@ __all__ = [
     "Projection",
     "build_image_quality_report",
     "dataset_embeddings",
+    "default_embeddings_dir",
     "embedding_projection",
     "image_details",
     "load_embeddings",
@@ -183,7 +188,8 @@ def _image_select(scope: _Scope, extra: Iterable[str] = ()) -> Select[Any]:
 
 
 def _frame(session: Session, stmt: Select[Any]) -> pd.DataFrame:
-    rows = session.execute(stmt).all()
+    # Plain tuples: pandas probes each Row's attributes, 2.5x slower at 10^5 rows.
+    rows = [tuple(r) for r in session.execute(stmt)]
     out = pd.DataFrame(rows, columns=list(stmt.selected_columns.keys()))
     if "image_id" in out:
         out["image_id"] = out["image_id"].astype("int64")
@@ -554,6 +560,31 @@ class Projection:
     features: str
     explained: tuple[float, float]
     n_total: int
+
+
+EMBEDDINGS_ENV = "QUALITY_EMBEDDINGS_DIR"
+"""Environment variable naming the folder ``quality score`` wrote embeddings to."""
+
+
+def default_embeddings_dir(url: str) -> str | None:
+    """Where the embeddings of the DB at ``url`` are, or None (maps then use metrics).
+
+    ``QUALITY_EMBEDDINGS_DIR`` when set; else, as ``quality score`` defaults, ``embeddings``
+    beside a SQLite DB file, when that folder exists.
+    """
+    env = os.environ.get(EMBEDDINGS_ENV)
+    if env:
+        return env
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        return None
+    if parsed.database == ":memory:" or parsed.database.startswith("file:"):
+        return None
+    folder = Path(parsed.database).parent / "embeddings"
+    return str(folder) if folder.is_dir() else None
 
 
 def load_embeddings(

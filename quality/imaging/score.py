@@ -94,6 +94,7 @@ from sqlalchemy import exists, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from quality import dicom
+from quality.db.aggregates import refresh_after_write
 from quality.db.queries import newest_version_id
 from quality.db.schema import Dataset, DatasetItem, Image, ImageQuality
 from quality.errors import DicomReadError, ScoreInputError
@@ -742,6 +743,7 @@ def score_images(
             kinds.add(kind)
     summary.ood_features = "metrics" if "metrics" in kinds else next(iter(kinds), "")
     summary.seconds = time.perf_counter() - t0
+    refresh_after_write(session)  # the pages' heavy results, computed ahead
     return summary
 
 

@@ -1,7 +1,9 @@
 """Sections of the Dataset card page, and their cached builders.
 
-:func:`quality.card.build_card`, :func:`quality.snapshot.list_versions` and
-:func:`quality.snapshot.diff_versions` are :func:`st.cache_data` with the shared
+:func:`quality.card.build_card` (read through :func:`quality.db.aggregates.get`: computed
+ahead by the writers while its inputs are unchanged; a shared
+:func:`~quality.ui.data.result_cache`), :func:`quality.snapshot.list_versions` and
+:func:`quality.snapshot.diff_versions` are cached with the shared
 :data:`~quality.ui.data.QUERY_TTL_S`, keyed by the DB URL, the dataset and the versions.
 The two writers of the page (:func:`editor` saves the free-text fields, :func:`snapshot_form`
 freezes a version) are form callbacks: they run before the page reruns, uncached and in their
@@ -28,14 +30,14 @@ import streamlit as st
 from quality.card import (
     CARD_FIELDS,
     DatasetCard,
-    build_card,
     card_markdown,
     card_status,
     save_card_fields,
 )
+from quality.db import aggregates
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
 from quality.snapshot import SnapshotResult, VersionDiff, diff_versions, list_versions, snapshot
-from quality.ui import data, widgets
+from quality.ui import charts, data, widgets
 
 __all__ = [
     "STATUS_BADGES",
@@ -75,9 +77,10 @@ def _versions(url: str, dataset_id: int) -> pd.DataFrame:
     return data.run_query(url, list_versions, dataset_id)
 
 
-@st.cache_data(ttl=data.QUERY_TTL_S, show_spinner="Building the dataset card…")
+@data.result_cache(ttl=data.QUERY_TTL_S, show_spinner="Building the dataset card…")
 def _card(url: str, dataset_id: int, version: str | None) -> DatasetCard:
-    return data.run_query(url, build_card, dataset_id, version)
+    # build_card, or its result computed ahead by the last writer (clock fields brought to now).
+    return data.run_query(url, aggregates.get, "card", dataset_id, version)
 
 
 @st.cache_data(ttl=data.QUERY_TTL_S, show_spinner=False)
@@ -99,7 +102,7 @@ def _write(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a writer in its own committed session on the read-write DB, then drop the cached
     query results."""
     result = data.run_write(fn, *args, **kwargs)
-    st.cache_data.clear()
+    data.clear_results()
     return result
 
 
@@ -203,6 +206,7 @@ def headline(card: DatasetCard) -> None:
 # --------------------------------------------------------------------------- charts
 
 
+@charts.memo_figure
 def class_balance_chart(balance: pd.DataFrame, task: str) -> go.Figure:
     """Stacked bars: images per split, one colour per class, for one task.
 
@@ -225,6 +229,7 @@ def class_balance_chart(balance: pd.DataFrame, task: str) -> go.Figure:
     return fig
 
 
+@charts.memo_figure
 def sources_chart(sources: pd.DataFrame) -> go.Figure:
     """Bars of images per source, coloured by vendor (:attr:`DatasetCard.sources`)."""
     fig = px.bar(
@@ -458,7 +463,7 @@ def downloads(card: DatasetCard, markdown: str, extra: dict[str, pd.DataFrame]) 
     )
     widgets.download_button(
         "⬇️ Status (JSON)",
-        json.dumps(card_status(card), indent=2, default=str),
+        lambda: json.dumps(card_status(card), indent=2, default=str),
         file_name=f"{stem}-status.json",
         what="dataset card status",
         mime="application/json",
@@ -487,7 +492,7 @@ def downloads(card: DatasetCard, markdown: str, extra: dict[str, pd.DataFrame]) 
         for col, (name, frame) in zip(cols, items[start : start + per_row], strict=False):
             widgets.download_button(
                 f"⬇️ {name} (CSV)",
-                frame.to_csv(index=False),
+                lambda frame=frame: frame.to_csv(index=False),
                 file_name=f"{stem}-{name}.csv",
                 what=f"dataset card table {name}",
                 mime="text/csv",

@@ -1,12 +1,84 @@
-"""Plotly figures for the pages (pure: DataFrames in, figures out)."""
+"""Plotly figures for the pages (pure: DataFrames in, figures out).
+
+Building a plotly figure validates every property and takes 20 to 200 ms, on every rerun of
+a page. The builders here (and those of the page modules) are wrapped in
+:func:`memo_figure`: a figure is built once per distinct input and then shared, so callers
+hand it to ``st.plotly_chart`` and never change it.
+"""
 
 from __future__ import annotations
 
+import threading
+import uuid
+import weakref
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar
+
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
+import streamlit as st
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+FIGURE_TTL_S = 600
+"""How long a built figure is kept (its inputs key it, so it is never stale)."""
+BOX_POINTS_MAX = 5000
+"""Above this many values, :func:`metric_distribution_chart` draws boxes from statistics
+computed here instead of sending every value (and a point per image) to the browser."""
+
+
+_TOKENS: dict[int, str] = {}
+_TOKENS_LOCK = threading.Lock()
+
+
+def identity_token(obj: Any) -> str:
+    """A key unique to this object for as long as it lives (then forgotten).
+
+    The big results of the pages are shared objects (:func:`quality.ui.data.result_cache`):
+    one object, one content. Hashing them by content costs a deep copy of every frame
+    (Streamlit hashes a dataclass through ``dataclasses.asdict``), 0.3 s for a drift report
+    of 2·10^5 images on every rerun; their identity is enough.
+    """
+    key = id(obj)
+    with _TOKENS_LOCK:
+        token = _TOKENS.get(key)
+        if token is None:
+            token = uuid.uuid4().hex
+            _TOKENS[key] = token
+            weakref.finalize(obj, _TOKENS.pop, key, None)
+    return token
+
+
+_BY_IDENTITY = dict.fromkeys(
+    (
+        "quality.agreement.summary.AgreementSummary",
+        "quality.card.DatasetCard",
+        "quality.doctors.DoctorReport",
+        "quality.drift.DriftReport",
+        "quality.eda.EdaProfile",
+        "quality.imaging.report.ImageQualityReport",
+        "quality.models.ModelComparison",
+        "quality.models.Worklist",
+    ),
+    identity_token,
+)
+
+
+def memo_figure(fn: Callable[P, R]) -> Callable[P, R]:
+    """Keep what ``fn`` builds (a figure, or a table derived from a result), keyed by its
+    arguments: frames and values by content, the pages' big results by identity
+    (:func:`identity_token`). Shared and read-only."""
+    return st.cache_resource(  # type: ignore[return-value]
+        ttl=FIGURE_TTL_S, max_entries=512, show_spinner=False, hash_funcs=_BY_IDENTITY
+    )(fn)
+
 
 __all__ = [
+    "BOX_POINTS_MAX",
+    "FIGURE_TTL_S",
     "FLAG_OK",
     "bias_chart",
     "compare_chart",
@@ -14,10 +86,12 @@ __all__ = [
     "defect_counts_chart",
     "embedding_map_chart",
     "flag_label",
+    "identity_token",
     "images_by_source_chart",
     "ingest_errors_chart",
     "kappa_heatmap",
     "kappa_ranking_chart",
+    "memo_figure",
     "metric_distribution_chart",
     "per_class_agreement_chart",
     "recall_chart",
@@ -26,6 +100,7 @@ __all__ = [
 ]
 
 
+@memo_figure
 def images_by_source_chart(df: pd.DataFrame) -> go.Figure:
     """Stacked bars of images per source, one colour per modality.
 
@@ -44,6 +119,7 @@ def images_by_source_chart(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@memo_figure
 def ingest_errors_chart(df: pd.DataFrame) -> go.Figure:
     """Horizontal bars of ingest errors per kind.
 
@@ -109,6 +185,7 @@ def flag_label(flags: object) -> str:
     return str(flags).split(";", 1)[0].split(":", 1)[0].strip()
 
 
+@memo_figure
 def kappa_ranking_chart(team: pd.DataFrame, metric: str = "kappa") -> go.Figure:
     """Doctors ranked by ``metric`` (bars with their CI as error bars), coloured by flag.
 
@@ -147,6 +224,7 @@ def kappa_ranking_chart(team: pd.DataFrame, metric: str = "kappa") -> go.Figure:
     return fig
 
 
+@memo_figure
 def weekly_trend_chart(weekly: pd.DataFrame, *, overall: float | None = None) -> go.Figure:
     """One doctor's weekly kappa with its CI band (and the doctor's overall kappa, dashed).
 
@@ -192,6 +270,7 @@ def weekly_trend_chart(weekly: pd.DataFrame, *, overall: float | None = None) ->
     return fig
 
 
+@memo_figure
 def confusion_chart(matrix: pd.DataFrame) -> go.Figure:
     """A doctor's confusion matrix: rows the consensus label, columns the doctor's label."""
     fig = px.imshow(
@@ -206,6 +285,7 @@ def confusion_chart(matrix: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@memo_figure
 def recall_chart(per_class: pd.DataFrame) -> go.Figure:
     """Per-class recall of one doctor with CIs (``cls, recall, recall_low, recall_high, n``)."""
     fig = go.Figure(
@@ -223,6 +303,7 @@ def recall_chart(per_class: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@memo_figure
 def bias_chart(bias: pd.DataFrame) -> go.Figure:
     """How often one doctor calls each class, minus how often consensus does (share points).
 
@@ -247,6 +328,7 @@ def bias_chart(bias: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@memo_figure
 def speed_chart(team: pd.DataFrame, code: str) -> go.Figure:
     """Median labeling time of every annotator, ``code`` highlighted, team median dashed."""
     df = team.sort_values("median_duration_s")
@@ -269,6 +351,7 @@ def speed_chart(team: pd.DataFrame, code: str) -> go.Figure:
     return fig
 
 
+@memo_figure
 def compare_chart(team: pd.DataFrame, codes: list[str], metrics: list[str]) -> go.Figure:
     """Grouped bars of ``metrics`` (with CIs where the team table has them) for ``codes``."""
     fig = go.Figure()
@@ -307,6 +390,7 @@ def compare_chart(team: pd.DataFrame, codes: list[str], metrics: list[str]) -> g
     return fig
 
 
+@memo_figure
 def kappa_heatmap(kappa: pd.DataFrame, n_shared: pd.DataFrame | None = None) -> go.Figure:
     """Pairwise doctor × doctor kappa; NaN cells (too few shared items) stay blank.
 
@@ -346,6 +430,7 @@ def kappa_heatmap(kappa: pd.DataFrame, n_shared: pd.DataFrame | None = None) -> 
     return fig
 
 
+@memo_figure
 def per_class_agreement_chart(per_class: pd.DataFrame) -> go.Figure:
     """Specific agreement and one-vs-rest kappa per class (grouped bars).
 
@@ -380,8 +465,13 @@ def per_class_agreement_chart(per_class: pd.DataFrame) -> go.Figure:
 _OOD_COLORS = {"OOD": "#d62728", "in-distribution": "#9fb7cf", "not scored": "#c7c7c7"}
 
 
+@memo_figure
 def metric_distribution_chart(values: pd.DataFrame, by: str, metric: str) -> go.Figure:
     """Box plots of one metric per group, every image a point beside its box.
+
+    Above :data:`BOX_POINTS_MAX` values the boxes are drawn from quartiles and Tukey fences
+    (the furthest values within 1.5 IQR, as plotly draws them) computed here, without the
+    points: the browser gets a few numbers per group instead of every value.
 
     Parameters
     ----------
@@ -390,6 +480,8 @@ def metric_distribution_chart(values: pd.DataFrame, by: str, metric: str) -> go.
     metric : the metric's name, for the axis title.
     """
     df = values.sort_values(by)
+    if len(df) > BOX_POINTS_MAX:
+        return _summary_boxes(df, by, metric)
     fig = px.box(
         df,
         x=by,
@@ -404,6 +496,34 @@ def metric_distribution_chart(values: pd.DataFrame, by: str, metric: str) -> go.
     return fig
 
 
+def _summary_boxes(df: pd.DataFrame, by: str, metric: str) -> go.Figure:
+    fig = go.Figure()
+    for name, group in df.groupby(by, sort=True):
+        v = group["value"].dropna().to_numpy(dtype=np.float64)
+        if not len(v):
+            continue
+        q1, median, q3 = np.percentile(v, [25, 50, 75])
+        iqr = q3 - q1
+        low, high = v[v >= q1 - 1.5 * iqr].min(), v[v <= q3 + 1.5 * iqr].max()
+        fig.add_trace(
+            go.Box(
+                x=[str(name)],
+                q1=[q1],
+                median=[median],
+                q3=[q3],
+                lowerfence=[low],
+                upperfence=[high],
+                name=f"{name} ({len(v):,})",
+                boxpoints=False,
+            )
+        )
+    fig.update_xaxes(title=by.capitalize())
+    fig.update_yaxes(title=metric)
+    fig.update_layout(height=340, margin=_MARGIN, showlegend=False)
+    return fig
+
+
+@memo_figure
 def defect_counts_chart(defects: pd.DataFrame) -> go.Figure:
     """Horizontal bars of images per defect type (``defect_type, n_images``)."""
     df = defects.sort_values("n_images")
@@ -422,6 +542,7 @@ def defect_counts_chart(defects: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@memo_figure
 def embedding_map_chart(points: pd.DataFrame, color: str) -> go.Figure:
     """The 2-D PCA map, one point per image, coloured by ``color``; ``customdata[0]`` is the
     image id (what a click returns).

@@ -11,6 +11,13 @@ few paths that **write** (review verdicts and reviewers, dataset-card fields and
 saved data-test runs, audit rows) use :func:`write_url` / :func:`write_engine`, the main
 ``QUALITY_DB_URL``, explicitly. So an analysis page cannot write even through a bug.
 
+Big results (reports, profiles, feature frames) are cached with :func:`result_cache`, a
+:func:`st.cache_resource` with the same time-to-live: a cached re-render then costs no
+unpickling of a report of 10^5 rows, but every session shares the one object, so **callers
+treat these results as read-only** (copy before changing a frame). Their builders read
+through :func:`quality.db.aggregates.get`: the result computed ahead by the last writer while
+its inputs are unchanged, else built live.
+
 Pages wrap their data access in :func:`db_guard` (or call :func:`require_data` first): an
 unreachable DB shows ``st.error``, an empty one ``st.info``, and the page stops there.
 """
@@ -28,13 +35,14 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from quality.config import get_settings
-from quality.db import queries
+from quality.db import aggregates, queries
 from quality.db.session import make_engine, safe_url, session_scope
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError
 
 __all__ = [
     "QUERY_TTL_S",
     "clear_caches",
+    "clear_results",
     "db_guard",
     "db_url",
     "filter_options",
@@ -47,6 +55,7 @@ __all__ = [
     "overview",
     "read_url",
     "require_data",
+    "result_cache",
     "run_query",
     "run_write",
     "show_empty",
@@ -60,6 +69,7 @@ __all__ = [
 
 QUERY_TTL_S = 60
 T = TypeVar("T")
+_RESULT_CACHES: list[Any] = []
 
 
 def write_url() -> str:
@@ -137,12 +147,12 @@ def _run(url: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
 @st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
 def _store_totals(url: str) -> queries.StoreTotals:
-    return _run(url, queries.store_totals)
+    return _run(url, aggregates.get, "store_totals")
 
 
 @st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
 def _overview(url: str) -> pd.DataFrame:
-    return _run(url, queries.dataset_overview)
+    return _run(url, aggregates.get, "dataset_overview")
 
 
 @st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
@@ -152,7 +162,7 @@ def _list_datasets(url: str) -> pd.DataFrame:
 
 @st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
 def _images_by_source(url: str, dataset_id: int | None) -> pd.DataFrame:
-    return _run(url, queries.images_by_source, dataset_id)
+    return _run(url, aggregates.get, "images_by_source", dataset_id)
 
 
 @st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
@@ -162,7 +172,7 @@ def _ingest_errors(url: str) -> pd.DataFrame:
 
 @st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
 def _filter_options(url: str, dataset_id: int | None) -> dict[str, Any]:
-    return _run(url, queries.filter_options, dataset_id)
+    return _run(url, aggregates.get, "filter_options", dataset_id)
 
 
 @st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
@@ -191,7 +201,7 @@ def _studies_page(
 
 @st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
 def _list_tasks(url: str, dataset_id: int | None) -> pd.DataFrame:
-    return _run(url, queries.list_tasks, dataset_id)
+    return _run(url, aggregates.get, "list_tasks", dataset_id)
 
 
 @st.cache_data(ttl=QUERY_TTL_S, show_spinner=False)
@@ -270,6 +280,30 @@ def list_tasks(dataset_id: int | None) -> pd.DataFrame:
 def image_refs(image_ids: Iterable[int]) -> pd.DataFrame:
     """:func:`quality.db.queries.image_refs` (cached; the ids are sorted so they hash once)."""
     return _image_refs(db_url(), tuple(sorted({int(i) for i in image_ids})))
+
+
+def result_cache(
+    *, ttl: float = QUERY_TTL_S, show_spinner: bool | str = False, max_entries: int = 32
+) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """``st.cache_resource`` for big read-only results, keyed by the (hashable) arguments.
+
+    Unlike ``st.cache_data`` the result is not pickled on every hit: the callers share it
+    and must not change it. :func:`clear_results` drops these too.
+    """
+
+    def decorate(fn: Callable[..., T]) -> Callable[..., T]:
+        cached = st.cache_resource(ttl=ttl, show_spinner=show_spinner, max_entries=max_entries)(fn)
+        _RESULT_CACHES.append(cached)
+        return cached  # type: ignore[return-value]
+
+    return decorate
+
+
+def clear_results() -> None:
+    """Drop cached query results and big results, keeping the engines (after a write)."""
+    st.cache_data.clear()
+    for cached in _RESULT_CACHES:
+        cached.clear()
 
 
 def clear_caches() -> None:

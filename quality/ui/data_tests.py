@@ -23,10 +23,11 @@ import streamlit as st
 
 from quality import checks
 from quality.config import get_settings
+from quality.db import aggregates
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError, RulesError
 from quality.rules import RuleSet, load_rules, parse_rules
 from quality.store import ImageStore, open_store
-from quality.ui import data, trail, widgets
+from quality.ui import charts, data, trail, widgets
 
 __all__ = [
     "RulesChoice",
@@ -75,12 +76,14 @@ def _results(url: str, run_id: int) -> pd.DataFrame:
 
 @st.cache_data(ttl=data.QUERY_TTL_S, show_spinner="Profiling the version…")
 def _suggestion(url: str, dataset_id: int, version_id: int) -> str:
-    return data.run_query(url, checks.suggest_rules, dataset_id, version_id)
+    # checks.suggest_rules, or its result computed ahead by the last writer.
+    return data.run_query(url, aggregates.get, "rules_suggestion", dataset_id, version_id)
 
 
 def _clear_run_caches() -> None:
-    _history.clear()
-    _results.clear()
+    # A stored run changes more than this page's history: the dataset card's status and
+    # the Overview's. Drop every cached result, as the card's own writers do.
+    data.clear_results()
 
 
 # --------------------------------------------------------------------------- scope and rules
@@ -272,6 +275,7 @@ def run_section(scope: checks.Scope, rules: RulesChoice) -> checks.CheckReport |
 # --------------------------------------------------------------------------- history
 
 
+@charts.memo_figure
 def history_chart(history: pd.DataFrame) -> go.Figure:
     """Stacked bars per run: checks failed (errors, warnings), passed and not run; the
     verdict above each bar."""
@@ -320,7 +324,7 @@ def history_section(scope: checks.Scope) -> pd.DataFrame:
 def _download(frame: pd.DataFrame, label: str, stem: str, key: str) -> None:
     widgets.download_button(
         f"⬇️ {label} (CSV)",
-        frame.to_csv(index=False),
+        lambda: frame.to_csv(index=False),
         file_name=f"{stem}.csv",
         what=f"data tests: {label}",
         mime="text/csv",

@@ -2,8 +2,10 @@
 
 The builders (:func:`quality.doctors.build_doctor_report`,
 :func:`quality.agreement.summary.build_agreement_summary`) bootstrap confidence intervals, so
-their results are :func:`st.cache_data` with a :data:`REPORT_TTL_S` time-to-live, keyed by the
-DB URL and the task id (the report dataclasses pickle: dataclasses of DataFrames).
+their results are read through :func:`quality.db.aggregates.get` (computed ahead by the
+writers while the labels are unchanged) and cached with
+:func:`quality.ui.data.result_cache` for :data:`REPORT_TTL_S`, keyed by the DB URL and the
+task id. The cached reports are shared: sections copy before they change a frame.
 
 Every step that can find nothing to show stops the page with a plain message instead of a
 traceback: a dataset without tasks, a task without annotations or with a single annotator
@@ -25,6 +27,7 @@ from quality import doctors as doctor_reports
 from quality import phi
 from quality.agreement import summary as agreement_summaries
 from quality.config import get_settings
+from quality.db import aggregates
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
 from quality.ui import charts, data, nav, thumbs, widgets
 
@@ -55,7 +58,7 @@ __all__ = [
 ]
 
 REPORT_TTL_S = 300
-N_RESAMPLES = 200
+N_RESAMPLES = aggregates.DEFAULT_RESAMPLES
 """Bootstrap resamples behind every CI on these pages."""
 CI_METRICS = ("kappa", "sensitivity", "specificity", "f1")
 """Team-table metrics shown as ``estimate [low–high]``."""
@@ -67,18 +70,18 @@ _ROW_PX = 35  # st.dataframe's row height: a table this tall shows every row, no
 # --------------------------------------------------------------------------- builders
 
 
-@st.cache_data(ttl=REPORT_TTL_S, show_spinner="Building the doctor report…")
+@data.result_cache(ttl=REPORT_TTL_S, show_spinner="Building the doctor report…")
 def _doctor_report(url: str, task_id: int, n_resamples: int) -> doctor_reports.DoctorReport:
-    return data.run_query(url, doctor_reports.build_doctor_report, task_id, n_resamples=n_resamples)
+    # build_doctor_report, or its result computed ahead by the last writer.
+    return data.run_query(url, aggregates.get, "doctor_report", task_id, n_resamples)
 
 
-@st.cache_data(ttl=REPORT_TTL_S, show_spinner="Computing agreement…")
+@data.result_cache(ttl=REPORT_TTL_S, show_spinner="Computing agreement…")
 def _agreement_summary(
     url: str, task_id: int, n_resamples: int
 ) -> agreement_summaries.AgreementSummary:
-    return data.run_query(
-        url, agreement_summaries.build_agreement_summary, task_id, n_resamples=n_resamples
-    )
+    # build_agreement_summary, or its result computed ahead by the last writer.
+    return data.run_query(url, aggregates.get, "agreement_summary", task_id, n_resamples)
 
 
 def doctor_report(task_id: int) -> doctor_reports.DoctorReport:
@@ -367,10 +370,14 @@ def doctor_picker(
     return str(st.selectbox(label, codes, key=key, format_func=labels.__getitem__))
 
 
+@charts.memo_figure
 def doctor_disagreements(
     report: doctor_reports.DoctorReport, code: str, n: int = 6
 ) -> pd.DataFrame:
     """The ``n`` worst items where ``code``'s label differs from consensus (worst first).
+
+    Kept per report and doctor (:func:`quality.ui.charts.memo_figure`): a pass over every
+    disagreement, on every rerun otherwise. Shared: callers copy before changing it.
 
     Returns
     -------
@@ -517,6 +524,12 @@ def _compare_metrics(team: pd.DataFrame) -> list[str]:
     ]
 
 
+@charts.memo_figure
+def _compare(report: doctor_reports.DoctorReport, a: str, b: str) -> pd.DataFrame:
+    """:func:`quality.doctors.compare_doctors`, kept per report and pair (shared)."""
+    return doctor_reports.compare_doctors(report, a, b)
+
+
 def comparison(report: doctor_reports.DoctorReport) -> None:
     """Two doctors side by side: :func:`quality.doctors.compare_doctors` and grouped bars."""
     c_a, c_b = st.columns(2)
@@ -529,7 +542,7 @@ def comparison(report: doctor_reports.DoctorReport) -> None:
     if a == b:
         st.info("Pick two different doctors to compare.", icon="↔️")
         return
-    table = doctor_reports.compare_doctors(report, a, b)
+    table = _compare(report, a, b)
     pair = {m: table.loc[m].iloc[0] for m in _PAIR_ROWS if m in table.index}
     if pair:
         cols = st.columns(3)
@@ -589,16 +602,17 @@ def report_downloads(report: doctor_reports.DoctorReport) -> None:
     stem = f"doctors-{_slug(report.task.name)}"
     c_md, c_html, c_csv = st.columns(3)
     widgets.download_button(
-        "⬇️ Markdown", report.to_markdown(), file_name=f"{stem}.md", what="doctor report",
+        "⬇️ Markdown", report.to_markdown, file_name=f"{stem}.md", what="doctor report",
         mime="text/markdown", key="doctors_dl_md", container=c_md, width="stretch",
     )  # fmt: skip
     widgets.download_button(
-        "⬇️ HTML", report.to_html(), file_name=f"{stem}.html", what="doctor report",
+        "⬇️ HTML", report.to_html, file_name=f"{stem}.html", what="doctor report",
         mime="text/html", key="doctors_dl_html", container=c_html, width="stretch",
     )  # fmt: skip
     widgets.download_button(
-        "⬇️ CSV", report.to_csv(), file_name=f"{stem}.csv", what="doctor report",
+        "⬇️ CSV", report.to_csv, file_name=f"{stem}.csv", what="doctor report",
         mime="text/csv", key="doctors_dl_csv", container=c_csv, width="stretch",
+        rows=len(report.team),
     )  # fmt: skip
 
 
@@ -739,17 +753,18 @@ def agreement_downloads(summary: agreement_summaries.AgreementSummary) -> None:
             )
     c1, c2, c3 = st.columns(3)
     widgets.download_button(
-        "⬇️ Pairwise κ (CSV)", _csv(summary.pairwise_kappa, index=True),
+        "⬇️ Pairwise κ (CSV)", lambda: _csv(summary.pairwise_kappa, index=True),
         file_name=f"{stem}-pairwise-kappa.csv", what="agreement: pairwise kappa",
         mime="text/csv", key="agreement_dl_pairwise", container=c1, width="stretch",
+        rows=len(summary.pairwise_kappa),
     )  # fmt: skip
     widgets.download_button(
-        "⬇️ Per class (CSV)", _csv(summary.per_class), file_name=f"{stem}-per-class.csv",
+        "⬇️ Per class (CSV)", lambda: _csv(summary.per_class), file_name=f"{stem}-per-class.csv",
         what="agreement: per class", mime="text/csv", key="agreement_dl_per_class",
-        container=c2, width="stretch",
+        container=c2, width="stretch", rows=len(summary.per_class),
     )  # fmt: skip
     widgets.download_button(
-        "⬇️ Worst items (CSV)", _csv(worst), file_name=f"{stem}-worst-items.csv",
+        "⬇️ Worst items (CSV)", lambda: _csv(worst), file_name=f"{stem}-worst-items.csv",
         what="agreement: worst items", mime="text/csv", key="agreement_dl_worst",
-        container=c3, width="stretch",
+        container=c3, width="stretch", rows=len(worst),
     )  # fmt: skip

@@ -1,9 +1,11 @@
 """Sections of the Drift page, their plotly charts and cached builders.
 
 The feature frame (:func:`quality.drift.feature_frame`) and the drift report
-(:func:`quality.drift.build_drift_report`) are :func:`st.cache_data` with the shared
-:data:`~quality.ui.data.QUERY_TTL_S`, keyed by the DB URL, the dataset and the settings, so
-moving a date picker re-tests the windows without re-reading the DB.
+(:func:`quality.drift.build_drift_report`) are read through :func:`quality.db.aggregates.get`
+(the default view is computed ahead by the writers) and cached with
+:func:`quality.ui.data.result_cache` for the shared :data:`~quality.ui.data.QUERY_TTL_S`,
+keyed by the DB URL, the dataset and the settings, so moving a date picker re-tests the
+windows without re-reading the DB.
 
 Each section says plainly when it has nothing to show; bad settings (an empty reference
 period, a dataset without dated images) become a warning through :func:`drift_guard`.
@@ -19,18 +21,19 @@ from dataclasses import dataclass
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from sqlalchemy.orm import Session
 
+from quality.db import aggregates
 from quality.drift import (
     ALL_SCOPE,
-    DEFAULT_REFERENCE_DAYS,
     DriftReport,
     build_drift_report,
+    default_settings,
     drift_columns,
-    feature_frame,
     feature_values,
 )
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
-from quality.ui import data, widgets
+from quality.ui import charts, data, widgets
 
 __all__ = [
     "BY_OPTIONS",
@@ -73,25 +76,38 @@ class Settings:
 # --------------------------------------------------------------------------- cached builders
 
 
-@st.cache_data(ttl=data.QUERY_TTL_S, show_spinner="Reading the features…")
+@data.result_cache(ttl=data.QUERY_TTL_S, show_spinner="Reading the features…")
 def _features(url: str, dataset_id: int | None) -> pd.DataFrame:
-    return data.run_query(url, feature_frame, dataset_id)
+    # feature_frame, or the frame computed ahead by the last writer.
+    return data.run_query(url, aggregates.get, "drift_features", dataset_id)
 
 
-@st.cache_data(ttl=data.QUERY_TTL_S, show_spinner="Testing every window…")
+@data.result_cache(ttl=data.QUERY_TTL_S, show_spinner="Testing every window…")
 def _report(url: str, dataset_id: int | None, settings: Settings) -> DriftReport:
-    frame = _features(url, dataset_id)
-    return data.run_query(
-        url,
-        build_drift_report,
-        dataset_id,
-        reference=settings.reference,
-        current=settings.current,
-        window=settings.window,
-        by=settings.by,
-        alpha=settings.alpha,
-        features=frame,
-    )
+    def build(session: Session) -> DriftReport:
+        # The report computed ahead (default settings), else built on the cached frame.
+        return aggregates.get(
+            session,
+            "drift_report",
+            dataset_id,
+            settings.reference,
+            settings.current,
+            settings.window,
+            settings.by,
+            settings.alpha,
+            build=lambda: build_drift_report(
+                session,
+                dataset_id,
+                reference=settings.reference,
+                current=settings.current,
+                window=settings.window,
+                by=settings.by,
+                alpha=settings.alpha,
+                features=_features(url, dataset_id),
+            ),
+        )
+
+    return data.run_query(url, build)
 
 
 def features(dataset_id: int | None) -> pd.DataFrame:
@@ -144,9 +160,10 @@ def controls(frame: pd.DataFrame, dataset_id: int | None) -> Settings:
     if dates.empty:
         st.info("No image in this scope has a study date: there is nothing to monitor.", icon="🌊")
         st.stop()
-    first, last = dates.min().date(), dates.max().date()
-    ref_end = min(first + dt.timedelta(days=DEFAULT_REFERENCE_DAYS - 1), last)
-    cur_start = min(ref_end + dt.timedelta(days=1), last)
+    # The same defaults as the report computed ahead (quality.db.aggregates).
+    defaults = default_settings(frame)
+    assert defaults is not None  # dated images exist (checked above)
+    (first, ref_end), (cur_start, last) = defaults[0], defaults[1]
     suffix = "all" if dataset_id is None else str(dataset_id)
     left, mid, right = st.columns([2, 2, 3])
     with left:
@@ -216,6 +233,7 @@ def headline(rep: DriftReport) -> None:
 # --------------------------------------------------------------------------- charts
 
 
+@charts.memo_figure
 def timeline_chart(rep: DriftReport) -> go.Figure:
     """Drifted features per window and scope, with markers on the alerts."""
     tl = rep.result.timeline
@@ -262,6 +280,7 @@ def timeline_chart(rep: DriftReport) -> go.Figure:
     return fig
 
 
+@charts.memo_figure
 def heatmap_chart(rep: DriftReport) -> go.Figure:
     """Scopes × windows; colour: drifted features; text: also the missing-input alerts."""
     tl = rep.result.timeline.copy()
@@ -290,6 +309,7 @@ def heatmap_chart(rep: DriftReport) -> go.Figure:
     return fig
 
 
+@charts.memo_figure
 def histogram_chart(values: pd.DataFrame, feature: str) -> go.Figure:
     """Reference vs current: overlaid histograms (numeric) or grouped share bars."""
     fig = go.Figure()
@@ -456,7 +476,7 @@ def downloads(rep: DriftReport, values: pd.DataFrame | None = None) -> None:
         slug = label.lower().replace(" ", "-")
         widgets.download_button(
             f"⬇️ {label}",
-            frame.to_csv(index=False),
+            lambda frame=frame: frame.to_csv(index=False),
             file_name=f"{stem}-{slug}.csv",
             what=f"drift: {label}",
             mime="text/csv",

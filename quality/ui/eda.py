@@ -22,8 +22,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from quality import eda
+from quality.db import aggregates
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
-from quality.ui import data, widgets
+from quality.ui import charts, data, widgets
 
 __all__ = [
     "balance_chart",
@@ -56,9 +57,10 @@ _Y_MODES = {"Images": "n_images", "Share of the source": "share"}
 # --------------------------------------------------------------------------- builder
 
 
-@st.cache_data(ttl=data.QUERY_TTL_S, show_spinner="Profiling the data…")
+@data.result_cache(ttl=data.QUERY_TTL_S, show_spinner="Profiling the data…")
 def _profile(url: str, dataset_id: int | None) -> eda.EdaProfile:
-    return data.run_query(url, eda.profile, dataset_id)
+    # eda.profile, or its result computed ahead by the last writer.
+    return data.run_query(url, aggregates.get, "eda_profile", dataset_id)
 
 
 def load_profile(dataset_id: int | None) -> eda.EdaProfile:
@@ -98,6 +100,7 @@ def nothing_to_show(dataset_id: int | None) -> None:
 # --------------------------------------------------------------------------- figures
 
 
+@charts.memo_figure
 def distribution_chart(df: pd.DataFrame, title: str, y: str = "n_images") -> go.Figure:
     """Bars of one distribution, coloured by source.
 
@@ -129,6 +132,7 @@ def distribution_chart(df: pd.DataFrame, title: str, y: str = "n_images") -> go.
     return fig
 
 
+@charts.memo_figure
 def balance_chart(df: pd.DataFrame, by: str) -> go.Figure:
     """100 % stacked bars of the classes per ``by`` (``source`` or ``split``).
 
@@ -153,6 +157,7 @@ def balance_chart(df: pd.DataFrame, by: str) -> go.Figure:
     return fig
 
 
+@charts.memo_figure
 def coverage_chart(df: pd.DataFrame) -> go.Figure:
     """Images per number of readers, coloured by source, one panel per split.
 
@@ -178,6 +183,7 @@ def coverage_chart(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@charts.memo_figure
 def missing_heatmap(missing: pd.DataFrame, by: str) -> go.Figure:
     """Heatmap of the share missing: fields down, ``by`` (source or week) across.
 
@@ -213,7 +219,7 @@ def download_csv(frame: pd.DataFrame, label: str, *, key: str) -> None:
     """A CSV download button for one table (``eda-<key>.csv``)."""
     widgets.download_button(
         f"⬇️ {label} (CSV)",
-        frame.to_csv(index=False),
+        lambda: frame.to_csv(index=False),
         file_name=f"eda-{key.replace('_', '-')}.csv",
         what=f"eda: {label}",
         mime="text/csv",
@@ -371,7 +377,7 @@ def json_download(profile: eda.EdaProfile) -> None:
     """The whole profile as one JSON document."""
     widgets.download_button(
         "⬇️ Whole profile (JSON)",
-        json.dumps(profile.as_dict(), indent=1),
+        lambda: json.dumps(profile.as_dict(), indent=1),
         file_name="eda-profile.json",
         what="eda profile",
         mime="application/json",

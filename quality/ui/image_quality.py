@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import html
-import os
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
+from quality.db import aggregates
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
 from quality.imaging import duplicates as dup
 from quality.imaging import leakage as leak
@@ -52,7 +49,12 @@ __all__ = [
 ]
 
 SCAN_TTL_S = 600
-EMBEDDINGS_ENV = "QUALITY_EMBEDDINGS_DIR"
+AUTO_SCAN_MAX_IMAGES = 5000
+"""Above this many images in scope, the near-duplicate scan (it decodes every image: some
+10 ms each, and compares every pair) runs only when asked for."""
+_SCAN_ASKED = "iq_near_scan_asked"
+_NEAR_SKIPPED = "_iq_near_skipped"
+EMBEDDINGS_ENV = iq.EMBEDDINGS_ENV
 """Environment variable naming the folder ``quality score`` wrote embeddings to."""
 _GALLERY_COLS = 4
 _CLUSTER_COLS = 6
@@ -71,34 +73,22 @@ def embeddings_dir() -> str | None:
     ``QUALITY_EMBEDDINGS_DIR`` when set; else, as ``quality score`` defaults, ``embeddings``
     beside a SQLite DB file, when it exists.
     """
-    env = os.environ.get(EMBEDDINGS_ENV)
-    if env:
-        return env
-    try:
-        url = make_url(data.db_url())
-    except ArgumentError:
-        return None
-    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
-        return None
-    folder = Path(url.database).parent / "embeddings"
-    return str(folder) if folder.is_dir() else None
+    return iq.default_embeddings_dir(data.db_url())
 
 
 # --------------------------------------------------------------------------- cached builders
 
 
-@st.cache_data(ttl=data.QUERY_TTL_S, show_spinner=False)
+@data.result_cache(ttl=data.QUERY_TTL_S)
 def _report(url: str, dataset_id: int | None, version: str | None) -> iq.ImageQualityReport:
-    return data.run_query(
-        url, iq.build_image_quality_report, dataset_id=dataset_id, scorer_version=version
-    )
+    # build_image_quality_report, or its result computed ahead by the last writer.
+    return data.run_query(url, aggregates.get, "iq_report", dataset_id, version)
 
 
-@st.cache_data(ttl=data.QUERY_TTL_S, show_spinner=False)
+@data.result_cache(ttl=data.QUERY_TTL_S)
 def _metric_values(url: str, metric: str, dataset_id: int | None, version: str) -> pd.DataFrame:
-    return data.run_query(
-        url, iq.metric_values, metric, dataset_id=dataset_id, scorer_version=version
-    )
+    # metric_values, or its result computed ahead by the last writer (the default metric).
+    return data.run_query(url, aggregates.get, "iq_metric_values", metric, dataset_id, version)
 
 
 @st.cache_data(ttl=data.QUERY_TTL_S, show_spinner=False)
@@ -122,17 +112,12 @@ def _details(url: str, image_id: int, dataset_id: int | None, version: str) -> p
     )
 
 
-@st.cache_data(ttl=data.QUERY_TTL_S, show_spinner="Projecting the images…")
+@data.result_cache(ttl=data.QUERY_TTL_S, show_spinner="Projecting the images…")
 def _projection(
     url: str, dataset_id: int | None, version: str, emb_dir: str | None
 ) -> iq.Projection:
-    return data.run_query(
-        url,
-        iq.embedding_projection,
-        dataset_id=dataset_id,
-        scorer_version=version,
-        embeddings_dir=emb_dir,
-    )
+    # embedding_projection, or its result computed ahead by the last writer.
+    return data.run_query(url, aggregates.get, "iq_projection", dataset_id, version, emb_dir)
 
 
 @st.cache_data(ttl=SCAN_TTL_S, show_spinner="Looking for duplicates (decodes every image)…")
@@ -149,6 +134,16 @@ def _scans(
     return dups, leaks
 
 
+@data.result_cache(ttl=SCAN_TTL_S, show_spinner=False)
+def _exact_scans(
+    url: str, dataset_id: int | None
+) -> tuple[dup.DuplicateReport, leak.LeakageReport | None]:
+    """Exact duplicates (SQL: no image is decoded) and the leakage they and the patients
+    show, for scopes too large to scan for near duplicates on every visit (computed ahead
+    by the writers: :mod:`quality.db.aggregates`)."""
+    return data.run_query(url, aggregates.get, "duplicate_scan_exact", dataset_id)
+
+
 def _all_clusters(report: dup.DuplicateReport) -> pd.DataFrame:
     """Exact (SQL) and near clusters in one frame, with distinct cluster ids."""
     exact = report.exact[["cluster_id", "image_id", "sop_uid"]].assign(kind="exact")
@@ -163,9 +158,29 @@ def quality_report(dataset_id: int | None, version: str | None) -> iq.ImageQuali
     return _report(data.db_url(), dataset_id, version)
 
 
+def _scope_key(dataset_id: int | None) -> str:
+    return "all" if dataset_id is None else str(dataset_id)
+
+
 def scans(dataset_id: int | None) -> tuple[dup.DuplicateReport, leak.LeakageReport | None]:
-    """Duplicate report and, for a dataset, its leakage report (cached, :data:`SCAN_TTL_S`)."""
+    """Duplicate report and, for a dataset, its leakage report (cached, :data:`SCAN_TTL_S`).
+
+    The near-duplicate scan decodes every image of the scope. Above
+    :data:`AUTO_SCAN_MAX_IMAGES` images it runs only when asked for (a button of
+    :func:`duplicates_section`); until then the report holds the exact duplicates (SQL) and
+    the leakage they show.
+    """
+    n_images = int(data.images_by_source(dataset_id)["n_images"].sum())
+    asked = _scope_key(dataset_id) in st.session_state.get(_SCAN_ASKED, ())
+    if n_images > AUTO_SCAN_MAX_IMAGES and not asked:
+        st.session_state[_NEAR_SKIPPED] = (_scope_key(dataset_id), n_images)
+        return _exact_scans(data.db_url(), dataset_id)
+    st.session_state.pop(_NEAR_SKIPPED, None)
     return _scans(data.db_url(), dataset_id, embeddings_dir())
+
+
+def _ask_scan(scope: str) -> None:
+    st.session_state[_SCAN_ASKED] = (*st.session_state.get(_SCAN_ASKED, ()), scope)
 
 
 @contextlib.contextmanager
@@ -282,7 +297,7 @@ def distributions(report: iq.ImageQualityReport) -> pd.DataFrame:
     metric = st.selectbox(
         "Metric",
         list(iq.METRICS),
-        index=list(iq.METRICS).index("quality_score"),
+        index=list(iq.METRICS).index(aggregates.DEFAULT_IQ_METRIC),
         key="iq_metric",
         help="Higher or lower is better depending on the metric; see the caption.",
     )
@@ -413,9 +428,12 @@ def _cluster_rows(frame: pd.DataFrame, *, key: str, n_clusters: int) -> None:
 
 def duplicates_section(report: dup.DuplicateReport) -> None:
     """Exact and near duplicate clusters, side by side in rows of thumbnails."""
+    skipped = st.session_state.get(_NEAR_SKIPPED)
     cols = st.columns(3)
     cols[0].metric("Exact clusters", f"{report.n_exact_clusters:,}", border=True)
-    cols[1].metric("Near clusters", f"{report.n_near_clusters:,}", border=True)
+    cols[1].metric(
+        "Near clusters", "not scanned" if skipped else f"{report.n_near_clusters:,}", border=True
+    )
     cols[2].metric(
         "Skipped", f"{len(report.skipped):,}", help="unreadable or flat images", border=True
     )
@@ -428,7 +446,20 @@ def duplicates_section(report: dup.DuplicateReport) -> None:
         else:
             _cluster_rows(report.exact, key="iq_dup_exact", n_clusters=5)
     with tab_near:
-        if near_only.empty:
+        if skipped:
+            st.info(
+                f"The near-duplicate scan decodes all {int(skipped[1]):,} images of this scope "
+                "and compares every pair: minutes at this size, so it runs when asked for. "
+                "Exact duplicates (identical pixels) and the leakage they show are above.",
+                icon="⏳",
+            )
+            st.button(
+                "🔍 Scan for near duplicates",
+                key=f"iq_near_scan_{skipped[0]}",
+                on_click=_ask_scan,
+                args=(skipped[0],),
+            )
+        elif near_only.empty:
             st.success("No near-duplicate clusters.", icon="✅")
         else:
             _cluster_rows(near_only, key="iq_dup_near", n_clusters=5)
@@ -558,7 +589,7 @@ def downloads(tables: dict[str, pd.DataFrame], *, stem: str) -> None:
         slug = label.lower().replace(" ", "-")
         widgets.download_button(
             f"⬇️ {label} (CSV)",
-            frame.to_csv(index=False),
+            lambda frame=frame: frame.to_csv(index=False),
             file_name=f"{stem}-{slug}.csv",
             what=f"image quality: {label}",
             mime="text/csv",

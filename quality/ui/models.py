@@ -25,12 +25,14 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from quality import models
+from quality.db import aggregates
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
-from quality.ui import data, thumbs, widgets
+from quality.ui import charts, data, thumbs, widgets
 
 __all__ = [
     "N_BOOT",
     "REPORT_TTL_S",
+    "SCATTER_POINTS_MAX",
     "STATUS_ICONS",
     "Choice",
     "checklist",
@@ -43,13 +45,14 @@ __all__ = [
     "latency",
     "per_source",
     "roc_figure",
+    "scatter_figure",
     "score_scatter",
     "source_figure",
     "version_picker",
 ]
 
 REPORT_TTL_S = 600
-N_BOOT = 1000
+N_BOOT = aggregates.MODELS_N_BOOT
 STATUS_ICONS = {"pass": "✅", "fail": "❌", "inconclusive": "⚠️"}
 _ROLE_COLORS = {"baseline": "#4363d8", "candidate": "#e6194b"}
 _TRUTH_HELP = {
@@ -76,7 +79,7 @@ def _versions(url: str, dataset_id: int | None) -> pd.DataFrame:
     return data.run_query(url, models.list_model_versions, dataset_id)
 
 
-@st.cache_data(ttl=REPORT_TTL_S, show_spinner="Comparing the versions (bootstrap CIs)…")
+@data.result_cache(ttl=REPORT_TTL_S, show_spinner="Comparing the versions (bootstrap CIs)…")
 def _comparison(
     url: str,
     baseline: int,
@@ -86,15 +89,17 @@ def _comparison(
     n_boot: int,
     seed: int,
 ) -> models.ModelComparison:
+    # models.compare_versions, or its result computed ahead by the last writer.
     return data.run_query(
         url,
-        models.compare_versions,
+        aggregates.get,
+        "model_comparison",
         baseline,
         candidate,
-        dataset_id=dataset_id,
-        truth=truth,
-        n_boot=n_boot,
-        seed=seed,
+        dataset_id,
+        truth,
+        n_boot,
+        seed,
     )
 
 
@@ -239,6 +244,7 @@ def headline(c: models.ModelComparison) -> None:
 # --------------------------------------------------------------------------- charts
 
 
+@charts.memo_figure
 def roc_figure(c: models.ModelComparison, kind: str) -> go.Figure:
     """ROC (``kind="roc"``) or precision-recall (``"pr"``) curves of both versions."""
     frame = c.roc if kind == "roc" else c.pr
@@ -291,9 +297,24 @@ def curves(c: models.ModelComparison) -> None:
     right.plotly_chart(roc_figure(c, "pr"), key="models_pr", config={"displayModeBar": False})
 
 
+SCATTER_POINTS_MAX = 5000
+"""The score scatter shows a seeded sample of this many images at most."""
+
+
 def score_scatter(c: models.ModelComparison) -> None:
-    """Candidate vs baseline score per image, coloured by the truth."""
+    """Candidate vs baseline score per image, coloured by the truth (a seeded sample of
+    :data:`SCATTER_POINTS_MAX` images at most: a browser chokes on 10^5 points)."""
+    st.plotly_chart(scatter_figure(c), key="models_scatter", config={"displayModeBar": False})
+    if len(c.cases) > SCATTER_POINTS_MAX:
+        st.caption(f"A random sample of {SCATTER_POINTS_MAX:,} of the {len(c.cases):,} images.")
+
+
+@charts.memo_figure
+def scatter_figure(c: models.ModelComparison) -> go.Figure:
+    """The figure of :func:`score_scatter`."""
     cases = c.cases
+    if len(cases) > SCATTER_POINTS_MAX:
+        cases = cases.sample(n=SCATTER_POINTS_MAX, random_state=0).sort_index()
     truth = cases["y_true"].map({1.0: models.FINDING, 0.0: c.negative_class}).fillna("no truth")
     fig = go.Figure()
     for value, color in (
@@ -331,9 +352,10 @@ def score_scatter(c: models.ModelComparison) -> None:
     )
     fig.update_xaxes(range=[-0.02, 1.02])
     fig.update_yaxes(range=[-0.02, 1.02])
-    st.plotly_chart(fig, key="models_scatter", config={"displayModeBar": False})
+    return fig
 
 
+@charts.memo_figure
 def source_figure(c: models.ModelComparison) -> go.Figure:
     """AUC per source and version with CI error bars."""
     bs = c.by_source
@@ -408,6 +430,12 @@ def _mark(value: Any) -> str:
     return " ✅" if bool(value) else " ❌"
 
 
+@charts.memo_figure
+def _flipped(c: models.ModelComparison) -> pd.DataFrame:
+    """:attr:`~quality.models.ModelComparison.flipped`, kept per comparison (shared)."""
+    return c.flipped
+
+
 def flipped_cases(c: models.ModelComparison, *, n_thumbs: int = 8) -> pd.DataFrame:
     """The table of cases whose label flipped, then thumbnails of the first ones.
 
@@ -416,7 +444,7 @@ def flipped_cases(c: models.ModelComparison, *, n_thumbs: int = 8) -> pd.DataFra
     DataFrame
         The flipped cases (for the downloads).
     """
-    flipped = c.flipped
+    flipped = _flipped(c)
     if flipped.empty:
         st.success("No predicted label changed between the versions.", icon="✅")
         return flipped
@@ -550,7 +578,7 @@ def downloads(tables: dict[str, pd.DataFrame | None], *, stem: str) -> None:
         slug = label.lower().replace(" ", "-")
         widgets.download_button(
             f"⬇️ {label} (CSV)",
-            frame.to_csv(index=False),
+            lambda frame=frame: frame.to_csv(index=False),
             file_name=f"{stem}-{slug}.csv",
             what=f"models: {label}",
             mime="text/csv",

@@ -11,9 +11,18 @@ session's items never change once saved. Progress, the current verdict and the n
 unreviewed item are read fresh on every run (one small query each).
 
 Form state. The verdict widgets are keyed by session and prediction, so what a clinician
-typed survives the rerun after a failed write; a failed write also stores the entry in
-``st.session_state["spot_drafts"]``, which pre-fills the widgets when the clinician comes
-back to that study later. A successful write drops the draft.
+typed survives the rerun after a failed write; a failed write also stores the entry and the
+verdict pressed in ``st.session_state["spot_drafts"]``, which pre-fills the widgets when the
+clinician comes back to that study later, and offers a "💾 Save again" button for the
+pending verdict. A successful write drops the draft.
+
+A database outage. A verdict pressed while the database cannot be reached (a stopped or
+restarting server) is not lost: the page says so plainly (:func:`unavailable_text`), keeps
+the draft, and once the server is back, "💾 Save again" writes it. The write is an upsert on
+(prediction, reviewer) (:func:`quality.review.submit_verdict`), so a retry never stores a
+second row. The shared engine needs no reset after a restart: PostgreSQL engines ping a
+pooled connection before use (``pool_pre_ping``) and replace dead ones, and
+:func:`st.cache_data` does not cache exceptions, so the reads work again on the next run.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ __all__ = [
     "session_picker",
     "show_flash",
     "summary_section",
+    "unavailable_text",
     "version_picker",
 ]
 
@@ -399,7 +409,8 @@ def _submit(
 ) -> None:
     """Verdict-button callback: write, then go on to the next unreviewed study.
 
-    A failed write leaves the entry in the widgets (and in the drafts) and says why.
+    A failed write leaves the entry in the widgets, and the entry with the verdict in the
+    drafts, and says why; an unreachable database says to save again once it is back.
     """
     entry = _entry(review_session_id, prediction_id)
     drafts: dict[str, dict[str, Any]] = st.session_state.setdefault(_DRAFTS, {})
@@ -414,8 +425,12 @@ def _submit(
             actor=trail.actor(),
             review_session_id=review_session_id,
         )
+    except DatabaseUnavailableError as exc:
+        drafts[key] = {**entry, "verdict": verdict}
+        _flash("error", unavailable_text(verdict, position, exc))
+        return
     except QualityError as exc:
-        drafts[key] = entry
+        drafts[key] = {**entry, "verdict": verdict}
         _flash("error", f"Not saved — {exc}. What you entered is kept; correct it or try again.")
         return
     drafts.pop(key, None)
@@ -431,6 +446,18 @@ def _submit(
         return
     st.session_state[_pos_key(review_session_id)] = nxt
     _flash("success", f"{icon} Saved “{verdict}” on study {position + 1}; on to study {nxt + 1}.")
+
+
+def unavailable_text(verdict: str, position: int, exc: DatabaseUnavailableError) -> str:
+    """What a clinician reads when a verdict could not be written because the database
+    cannot be reached (the URL without password and the driver's first line, no PHI)."""
+    reason = exc.reason.strip().splitlines()[0] if exc.reason.strip() else "no reason given"
+    return (
+        f"Cannot reach the database `{exc.url}` ({reason}), so your "
+        f"{_VERDICT_ICONS.get(verdict, '')} “{verdict}” on study {position + 1} was not saved. "
+        "Your verdict was kept, with the corrected label, box and comment: press "
+        "**💾 Save again** on that study when the database is back."
+    )
 
 
 def _go(review_session_id: int, position: int) -> None:
@@ -540,9 +567,8 @@ def review_item(review_session_id: int, reviewer_id: int, model_version_id: int)
     with right:
         _prediction_card(item)
         drafts = st.session_state.get(_DRAFTS, {})
-        start = _defaults(
-            item, existing, drafts.get(_draft_key(review_session_id, pid, reviewer_id))
-        )
+        draft = drafts.get(_draft_key(review_session_id, pid, reviewer_id))
+        start = _defaults(item, existing, draft)
         classes = _classes(data.db_url(), model_version_id)
         options = [NO_CORRECTION, *classes]
         label = start.get("corrected_label")
@@ -561,6 +587,21 @@ def review_item(review_session_id: int, reviewer_id: int, model_version_id: int)
             max_chars=rv.MAX_COMMENT_CHARS,
             height=80,
         )
+        pending = draft.get("verdict") if draft else None
+        if pending in _VERDICT_ICONS:
+            st.warning(
+                f"Not saved yet: your {_VERDICT_ICONS[pending]} “{pending}” on this study. "
+                "What you entered is kept here: save it again.",
+                icon="💾",
+            )
+            st.button(
+                f"💾 Save again ({pending})",
+                key="spot_retry",
+                type="primary",
+                on_click=_submit,
+                args=(review_session_id, pid, reviewer_id, pending, pos),
+                width="stretch",
+            )
         for col, (verdict, text) in zip(st.columns(3), _VERDICT_BUTTONS, strict=True):
             col.button(
                 text,

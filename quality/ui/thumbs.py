@@ -31,6 +31,7 @@ is a rectangle shape with the annotator's code on it and an entry in the legend.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import io
 import logging
@@ -41,7 +42,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 from numpy.typing import NDArray
@@ -71,6 +71,7 @@ THUMB_SIDE = 256
 UNAVAILABLE_HOLD_S = 30.0
 """Seconds during which a remote store that could not be reached is not asked again."""
 _CACHE_ENTRIES = 256
+_FIGURE_ENTRIES = 512
 # Saturated, mid-dark colours: visible on grey images and as caption text on white.
 _PALETTE = (
     "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#0f9fb5", "#f032e6", "#9a6324",
@@ -132,6 +133,7 @@ def clear_caches(disk: ThumbCache | None = None) -> None:
         next :func:`load_thumb` of an image reads it back from disk.
     """
     _thumb.clear()
+    _figure.clear()
     with _disk_lock:
         _unavailable.clear()
         if disk is not None:
@@ -277,17 +279,30 @@ def load_thumb(uri: str, max_side: int = THUMB_SIDE, *, version: str | None = No
     StoreUnavailableError
         The remote store cannot be reached (remembered for :data:`UNAVAILABLE_HOLD_S` s).
     """
+    source, stamp = _stamped(uri, version)
+    return _load(uri, source, stamp, max_side)
+
+
+def _stamped(uri: str, version: str | None) -> tuple[str, str]:
+    """Where the image is read from, and what changes when it does (see :func:`load_thumb`).
+
+    Raises
+    ------
+    DicomReadError
+        A local file that is missing.
+    """
     source = viewer.resolve_uri(uri)
     if is_remote(source):
-        stamp = "" if version is None else str(version)
-    else:
-        try:
-            st_ = os.stat(source)
-        except OSError as exc:  # gone between the check and now
-            raise DicomReadError(
-                uri, "missing", "the file is not in the image store any more"
-            ) from exc
-        stamp = f"{st_.st_mtime_ns}:{st_.st_size}"
+        return source, "" if version is None else str(version)
+    try:
+        st_ = os.stat(source)
+    except OSError as exc:  # gone between the check and now
+        raise DicomReadError(uri, "missing", "the file is not in the image store any more") from exc
+    return source, f"{st_.st_mtime_ns}:{st_.st_size}"
+
+
+def _load(uri: str, source: str, stamp: str, max_side: int) -> Thumb:
+    """:func:`_thumb`, with store and decoding trouble as the errors of :func:`load_thumb`."""
     try:
         return _thumb(uri, source, stamp, int(max_side))
     except StoreUnavailableError as exc:
@@ -337,39 +352,75 @@ def thumb_figure(
     height : figure height in pixels.
     legend : show a legend entry per drawn box.
     """
-    fig = px.imshow(thumb.pixels, binary_string=True)
+    # The figure px.imshow(..., binary_string=True) makes (a PNG in a go.Image, y down), built
+    # in one go: px and per-shape updates take 5 times longer, for every thumbnail.
     boxes = boxes or {}
     colors = dict(colors or annotator_colors(boxes))
+    shapes = []
     for code, raw in boxes.items():
         box = _valid_box(raw)
         if box is None:
             continue
         x0, y0, x1, y1 = (v / thumb.factor for v in box)
         color = colors.get(code) or annotator_colors([code])[code]
-        fig.add_shape(
-            type="rect",
-            x0=x0,
-            y0=y0,
-            x1=x1,
-            y1=y1,
-            line={"color": color, "width": 3.5 if code == highlight else 2},
-            name=str(code),
-            showlegend=legend,
-            label={
-                "text": str(code),
-                "textposition": "top left",
-                "font": {"color": color, "size": 11},
-            },
+        shapes.append(
+            {
+                "type": "rect",
+                "x0": x0,
+                "y0": y0,
+                "x1": x1,
+                "y1": y1,
+                "line": {"color": color, "width": 3.5 if code == highlight else 2},
+                "name": str(code),
+                "showlegend": legend,
+                "label": {
+                    "text": str(code),
+                    "textposition": "top left",
+                    "font": {"color": color, "size": 11},
+                },
+            }
         )
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    fig.update_layout(
-        height=height,
-        margin={"l": 0, "r": 0, "t": 0, "b": 0},
-        legend={"orientation": "h", "y": -0.02, "x": 0, "yanchor": "top", "font": {"size": 10}},
-        dragmode="zoom",
+    png = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(thumb.pixels)).save(png, format="PNG")
+    source = "data:image/png;base64," + base64.b64encode(png.getvalue()).decode("ascii")
+    image = go.Image(
+        source=source, hovertemplate="x: %{x}<br>y: %{y}<br>color: %{z[0]}<extra></extra>"
     )
-    return fig
+    axis = {"visible": False}
+    return go.Figure(
+        data=[image],
+        layout={
+            "xaxis": axis,
+            "yaxis": axis,  # an image trace reverses y and fixes the aspect itself
+            "shapes": shapes,
+            "height": height,
+            "margin": {"l": 0, "r": 0, "t": 0, "b": 0},
+            "legend": {
+                "orientation": "h",
+                "y": -0.02,
+                "x": 0,
+                "yanchor": "top",
+                "font": {"size": 10},
+            },
+            "dragmode": "zoom",
+        },
+    )
+
+
+@st.cache_resource(max_entries=_FIGURE_ENTRIES, show_spinner=False)
+def _figure(
+    uri: str,
+    source: str,
+    stamp: str,
+    boxes: tuple[tuple[str, tuple[float, ...] | None], ...],
+    colors: tuple[tuple[str, str], ...],
+    highlight: str | None,
+    height: int,
+) -> go.Figure:
+    """The figure of :func:`render_thumb`, kept per image version and overlay: plotly takes
+    some 0.1 s to build one, on every rerun of a gallery otherwise. Shared: never changed."""
+    thumb = _load(uri, source, stamp, THUMB_SIDE)
+    return thumb_figure(thumb, dict(boxes), dict(colors), highlight=highlight, height=height)
 
 
 def render_thumb(
@@ -391,8 +442,22 @@ def render_thumb(
     bool
         Whether the image was drawn.
     """
+    shown = {str(c): _valid_box(b) for c, b in (boxes or {}).items()}
+    drawn = sum(b is not None for b in shown.values())
+    # Room for the legend below the image, ~5 entries a row, so every image keeps its size.
+    legend_rows = -(-drawn // 5)
+    palette = dict(colors or annotator_colors(boxes or {}))
     try:
-        thumb = load_thumb(uri, version=version)
+        source, stamp = _stamped(uri, version)
+        fig = _figure(
+            uri,
+            source,
+            stamp,
+            tuple((c, None if b is None else tuple(b)) for c, b in shown.items()),
+            tuple(sorted((str(c), str(v)) for c, v in palette.items())),
+            highlight,
+            int(height + 22 * legend_rows),
+        )
     except DicomReadError as exc:
         st.warning(f"Cannot display `{Path(uri).name}` ({exc.kind}): {exc.message}.", icon="⚠️")
         return False
@@ -403,9 +468,5 @@ def render_thumb(
     except StoreError as exc:
         st.warning(f"Cannot display `{Path(uri).name}`: {scrub(str(exc))}.", icon="⚠️")
         return False
-    drawn = sum(_valid_box(b) is not None for b in (boxes or {}).values())
-    # Room for the legend below the image, ~5 entries a row, so every image keeps its size.
-    legend_rows = -(-drawn // 5)
-    fig = thumb_figure(thumb, boxes, colors, highlight=highlight, height=height + 22 * legend_rows)
     st.plotly_chart(fig, key=key, config={"displayModeBar": False})
     return True

@@ -69,13 +69,19 @@ def download_button(
     Parameters
     ----------
     label, payload, file_name, mime, key : as for ``st.download_button`` (``payload`` is its
-        ``data``).
+        ``data``). A callable payload is made only when the button is clicked: pass one for
+        big files (a CSV of 10^5 rows takes a good part of a second to write, on every run
+        otherwise), with ``rows``.
     what : what the file holds, in a few words (``doctor report``, ``verdicts``).
-    rows : data rows in the file; counted from the payload for CSV when not given.
+    rows : data rows in the file; counted from the payload for CSV when not given (not for
+        a callable payload).
     container : where to draw the button (a column); default the page.
     **kwargs : more ``st.download_button`` arguments (``width``, ``help``, ``icon``, ...).
     """
-    n = rows if rows is not None else _n_rows(payload, mime)
+    if callable(payload):
+        n = rows  # deferred: made when clicked; the caller knows the rows (or there are none)
+    else:
+        n = rows if rows is not None else _n_rows(payload, mime)
     target = container if container is not None else st
     return bool(
         target.download_button(

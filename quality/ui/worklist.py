@@ -22,8 +22,9 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from quality import models
+from quality.db import aggregates
 from quality.errors import DatabaseUnavailableError, EmptyDatabaseError, QualityError
-from quality.ui import data, thumbs, widgets
+from quality.ui import charts, data, thumbs, widgets
 from quality.ui.image_quality import embeddings_dir
 
 __all__ = [
@@ -79,21 +80,23 @@ def _pool_sizes(url: str, dataset_id: int, task_id: int) -> dict[str, int]:
     return data.run_query(url, models.pool_sizes, dataset_id, task_id)
 
 
-@st.cache_data(ttl=data.QUERY_TTL_S, show_spinner="Ranking the unlabeled images…")
+@data.result_cache(ttl=data.QUERY_TTL_S, show_spinner="Ranking the unlabeled images…")
 def _worklist(
     url: str, dataset_id: int, settings: Settings, emb_dir: str | None
 ) -> models.Worklist:
+    # models.build_worklist, or the default list ranked ahead by the last writer.
     return data.run_query(
         url,
-        models.build_worklist,
+        aggregates.get,
+        "worklist",
         dataset_id,
         settings.version_id,
-        strategy=settings.strategy,
-        budget=settings.budget,
-        task_id=settings.task_id,
-        pool=settings.pool,
-        embeddings_dir=emb_dir,
-        seed=settings.seed,
+        settings.strategy,
+        settings.budget,
+        settings.task_id,
+        settings.pool,
+        settings.seed,
+        emb_dir,
     )
 
 
@@ -145,8 +148,8 @@ def controls(dataset_id: int) -> Settings:
         st.stop()
     ids = [int(i) for i in versions["version_id"]]
     rows = {int(r["version_id"]): r for r in versions.to_dict("records")}
-    prod = versions.loc[versions["status"] == "production", "version_id"]
-    _seed_state("wl_version", ids, int(prod.iloc[-1]) if len(prod) else ids[0])
+    # The defaults of models.worklist_defaults, which quality.db.aggregates ranks ahead.
+    _seed_state("wl_version", ids, models.default_version(versions))
     top = st.columns([3, 2, 1, 1])
     version_id = top[0].selectbox(
         "Model version",
@@ -154,25 +157,28 @@ def controls(dataset_id: int) -> Settings:
         key="wl_version",
         format_func=lambda i: f"{rows[i]['model']} {rows[i]['version']} · {rows[i]['status']}",
     )
-    _seed_state("wl_strategy", list(models.STRATEGIES), "entropy")
+    _seed_state("wl_strategy", list(models.STRATEGIES), models.WORKLIST_STRATEGY)
     strategy = top[1].selectbox(
         "Strategy",
         list(models.STRATEGIES),
         key="wl_strategy",
         help="; ".join(f"{k}: {v}" for k, v in STRATEGY_HELP.items()),
     )
-    budget = top[2].number_input("Budget", 1, 5000, 50, step=10, key="wl_budget")
-    seed = top[3].number_input("Seed", 0, 2**31 - 1, 0, step=1, key="wl_seed")
+    budget = top[2].number_input(
+        "Budget", 1, 5000, models.WORKLIST_BUDGET, step=10, key="wl_budget"
+    )
+    seed = top[3].number_input("Seed", 0, 2**31 - 1, models.WORKLIST_SEED, step=1, key="wl_seed")
 
     task_ids = [int(t) for t in tasks["id"]]
     task_names = dict(zip(task_ids, tasks["name"], strict=True))
     model_task = rows[int(version_id)]["task_id"]
-    _seed_state("wl_task", task_ids, int(model_task) if model_task in task_ids else task_ids[0])
+    model_task = None if pd.isna(model_task) else int(model_task)
+    _seed_state("wl_task", task_ids, models.default_task(model_task, task_ids))
     low = st.columns([2, 3])
     task_id = low[0].selectbox("Task", task_ids, key="wl_task", format_func=lambda t: task_names[t])
     sizes = _pool_sizes(url, dataset_id, int(task_id))
     pools = list(models.POOLS)
-    _seed_state("wl_pool", pools, "unannotated" if sizes["unannotated"] else "no_gold")
+    _seed_state("wl_pool", pools, models.default_pool(sizes))
     pool = low[1].radio(
         "Unlabeled means",
         pools,
@@ -263,6 +269,7 @@ def gallery(w: models.Worklist, *, n: int = 8) -> None:
                 )
 
 
+@charts.memo_figure
 def class_mix_figure(w: models.Worklist) -> go.Figure:
     """Bars of the expected (from scores) and predicted (from labels) class counts."""
     mix = w.class_mix
@@ -302,7 +309,7 @@ def download(w: models.Worklist) -> None:
         return
     widgets.download_button(
         "⬇️ Worklist (CSV)",
-        w.to_csv(),
+        w.to_csv,
         file_name=f"worklist-{w.task_name}-{w.model_version.version}-{w.strategy}.csv",
         what="labeling worklist",
         mime="text/csv",

@@ -23,9 +23,11 @@ from quality.agreement.categorical import (
     fleiss_kappa,
     gwet_ac1,
     krippendorff_alpha,
+    krippendorff_alpha_nominal_ci,
     percent_agreement,
     scott_pi,
 )
+from quality.errors import LabelDataError
 
 FAST = settings(max_examples=60, deadline=None)
 # sklearn warns about single-label inputs; we compare its NaN with ours.
@@ -398,3 +400,37 @@ def test_bootstrap_leaves_out_undefined_resamples() -> None:
     ci = bootstrap_ci(percent_agreement, x, n_resamples=50, random_state=0)
     assert ci.estimate == 1.0
     assert ci.low == ci.high == 1.0
+
+
+@pytest.mark.parametrize(
+    ("raters", "units", "values", "missing"),
+    [(2, 30, 2, 0.0), (3, 50, 3, 0.3), (6, 400, 4, 0.6), (12, 3000, 5, 0.85)],
+)
+def test_fast_nominal_alpha_interval_equals_the_plain_bootstrap(
+    raters: int, units: int, values: int, missing: float
+) -> None:
+    rng = np.random.default_rng(raters)
+    x = rng.integers(0, values, size=(raters, units)).astype(float)
+    x[rng.random(x.shape) < missing] = np.nan
+    x = x[:, (~np.isnan(x)).sum(axis=0) > 0]
+    plain = bootstrap_ci(
+        lambda d: krippendorff_alpha(d, level="nominal"), x, n_resamples=60, random_state=7, axis=1
+    )
+    fast = krippendorff_alpha_nominal_ci(x, n_resamples=60, random_state=7)
+    assert np.allclose(fast, plain, rtol=0.0, atol=1e-12)
+    assert fast.estimate == pytest.approx(krippendorff.alpha(x, level_of_measurement="nominal"))
+
+
+def test_fast_nominal_alpha_interval_leaves_out_resamples_without_a_rater() -> None:
+    # The third rater rated one unit of 40: most resamples miss it and are left out, as the
+    # plain bootstrap leaves them out (krippendorff_alpha refuses a rater without ratings).
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 3, size=(3, 40)).astype(float)
+    x[2, 1:] = np.nan
+    plain = bootstrap_ci(
+        lambda d: krippendorff_alpha(d, level="nominal"), x, n_resamples=80, random_state=1, axis=1
+    )
+    fast = krippendorff_alpha_nominal_ci(x, n_resamples=80, random_state=1)
+    assert np.allclose(fast, plain, rtol=0.0, atol=1e-12)
+    with pytest.raises(LabelDataError, match="n_resamples"):
+        krippendorff_alpha_nominal_ci(x, n_resamples=0)
