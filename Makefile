@@ -73,6 +73,9 @@ bench: install demo peers
 	$(BIN)/python bench/spot_check.py
 	$(BIN)/python bench/rank.py
 	$(BIN)/python bench/stores.py
+	# At scale: the large demo on a throwaway PostgreSQL cluster (bench/large_db.py, built once).
+	$(BIN)/python bench/pages.py
+	$(BIN)/python bench/load.py --sessions 20 --minutes 5
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache data_samples/dicom data_samples/embeddings $(DEMO_DB)* data_samples/demo_truth.json

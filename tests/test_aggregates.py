@@ -162,6 +162,20 @@ def test_get_serves_the_stored_result_without_building(
         aggregates.get(session, "doctor_report", key[0], 7)
 
 
+def test_results_of_another_code_version_are_stale(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = aggregates.KINDS["store_totals"].keys(session)[0]
+    assert aggregates.lookup(session, "store_totals", *key)[0] is True
+    monkeypatch.setattr(aggregates, "CODE_VERSION", aggregates.CODE_VERSION + "-next")
+    assert aggregates.lookup(session, "store_totals", *key) == (False, None)
+    # A refresh under the new code rebuilds it, and it is current again.
+    done = aggregates.refresh(session, ["store_totals"])
+    assert [r.status for r in done] == ["built"]
+    assert aggregates.lookup(session, "store_totals", *key)[0] is True
+    session.rollback()
+
+
 def test_card_clock_fields_are_brought_to_now(session: Session) -> None:
     key = aggregates.KINDS["card"].keys(session)[0]
     before = dt.datetime.now(dt.UTC)

@@ -127,6 +127,28 @@ def test_careless_doctor_is_flagged_and_last(small):
     assert doctors["flags"].str.contains("low agreement").sum() <= 3
 
 
+def test_low_agreement_needs_a_material_gap_to_the_median():
+    # Narrow intervals (thousands of items each): D4 is significantly below the median
+    # (0.73) but by less than KAPPA_MARGIN; D5 is more than the margin below; D6 under the floor.
+    from quality.doctors import KAPPA_FLOOR, KAPPA_MARGIN, _flags
+
+    kappa = [0.80, 0.78, 0.76, 0.70, 0.60, 0.35]
+    team = pd.DataFrame(
+        {
+            "kind": ["doctor"] * 6,
+            "kappa": kappa,
+            "kappa_high": [k + 0.01 for k in kappa],
+            "bias_class": [None] * 6,
+            "bias": [0.0] * 6,
+            "too_fast_share": [0.0] * 6,
+            "exam_accuracy": [np.nan] * 6,
+            "dice": [np.nan] * 6,
+        }
+    )
+    assert (KAPPA_FLOOR, KAPPA_MARGIN) == (0.4, 0.1)
+    assert _flags(team) == ["", "", "", "", "low agreement", "low agreement"]
+
+
 def test_biased_doctor_gets_a_bias_flag(small):
     team = small["cls"].team.set_index("code")
     biased = small["truth"]["biased_doctor"]

@@ -11,7 +11,8 @@ Which result (``kind``) for which page: :data:`KINDS` lists them with the builde
 
 Staleness
 ---------
-Every write to a tracked table (:data:`quality.db.schema.TRACKED_TABLES`) bumps that table's
+A result stored by another version of this code (:data:`CODE_VERSION`, part of the stamp) is
+stale. Beyond that, every write to a tracked table (:data:`quality.db.schema.TRACKED_TABLES`) bumps that table's
 counter in ``data_changes``, through a trigger (migration 0005): ``FOR EACH STATEMENT`` on
 PostgreSQL, ``FOR EACH ROW`` on SQLite. The counter moves inside the writing transaction, so
 a reader sees the new version exactly when it sees the new rows. A stored result keeps the
@@ -52,6 +53,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import Session
 
+from quality import __version__
 from quality.db.schema import TRACKED_TABLES, DataChange, MaterializedResult
 
 __all__ = [
@@ -79,6 +81,11 @@ MODELS_N_BOOT = 1000
 DEFAULT_IQ_METRIC = "quality_score"
 """The metric the Image quality page's distributions open on."""
 _MISSING = object()
+RESULTS_VERSION = 1
+"""Bump when a builder's output changes (a new flag rule, a new column): stored results of
+an older code version are then stale, as after a write."""
+CODE_VERSION = f"{__version__}/{RESULTS_VERSION}"
+"""Part of every stamp: results stored by another release are recomputed, never shown."""
 
 
 # --------------------------------------------------------------------------- registry
@@ -593,7 +600,8 @@ def _guarded(session: Session, fn: Callable[[], Any]) -> Any:
 
 
 def stamp(session: Session, tables: Iterable[str]) -> str | None:
-    """The change counters of ``tables`` as a JSON text, or None when one is not tracked."""
+    """The change counters of ``tables`` and :data:`CODE_VERSION` as a JSON text, or None
+    when one of the tables is not tracked."""
     names = sorted(set(tables))
 
     def read() -> dict[str, int]:
@@ -605,7 +613,7 @@ def stamp(session: Session, tables: Iterable[str]) -> str | None:
     versions = _guarded(session, read)
     if versions is _MISSING or set(versions) != set(names):
         return None
-    return json.dumps(versions, sort_keys=True, separators=(",", ":"))
+    return json.dumps({**versions, "~code": CODE_VERSION}, sort_keys=True, separators=(",", ":"))
 
 
 # --------------------------------------------------------------------------- payloads
