@@ -690,7 +690,9 @@ class MaterializedResult(Base):
     stamp: Mapped[str] = mapped_column(String(1024), comment="input table versions, as JSON")
     built_at: Mapped[created]
     build_s: Mapped[float | None] = mapped_column(Float, comment="seconds the build took")
-    payload: Mapped[bytes] = mapped_column(LargeBinary, comment="the result, pickled")
+    payload: Mapped[bytes] = mapped_column(
+        LargeBinary, comment="the result, pickled and zlib-compressed"
+    )
     n_bytes: Mapped[int] = mapped_column(BigInteger, comment="size of the payload")
 
 

@@ -7,7 +7,8 @@
   write that fails never breaks the page: it logs a warning naming the action and the
   error class only (no target, no details, no driver message: they could quote values).
 - :func:`record_export`: the ``on_click`` of every download button
-  (:func:`quality.ui.widgets.download_button`).
+  (:func:`quality.ui.widgets.download_button`); :func:`export_recorder` the same row for a
+  deferred download, written when its file is made.
 - :func:`reveal_header`: the DICOM header with PHI shown, for admins only; the role is
   checked here, not only in the widget, and each image's reveal is recorded once per session.
 """
@@ -15,9 +16,11 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import streamlit as st
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from quality import audit, dicom
@@ -25,7 +28,14 @@ from quality.db.session import session_scope
 from quality.errors import PermissionDeniedError, QualityError
 from quality.ui import data, nav
 
-__all__ = ["REVEAL_ROLES", "actor", "record", "record_export", "reveal_header"]
+__all__ = [
+    "REVEAL_ROLES",
+    "actor",
+    "export_recorder",
+    "record",
+    "record_export",
+    "reveal_header",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -59,9 +69,16 @@ def record(action: str, target: str | None = None, details: dict[str, Any] | Non
         Whether the row was written. A failure is logged (action and error class only) and
         the page goes on.
     """
+    return _write(data.write_engine, actor(), action, target, details)
+
+
+def _write(
+    engine: Callable[[], Engine], who: str, action: str, target: str | None,
+    details: dict[str, Any] | None,
+) -> bool:  # fmt: skip
     try:
-        with session_scope(data.write_engine()) as session:
-            audit.record(session, actor(), action, target, details)
+        with session_scope(engine()) as session:
+            audit.record(session, who, action, target, details)
     except (QualityError, SQLAlchemyError) as exc:
         _log.warning("audit row %r was not written: %s", action, type(exc).__name__)
         return False
@@ -71,6 +88,29 @@ def record(action: str, target: str | None = None, details: dict[str, Any] | Non
 def record_export(file_name: str, what: str, rows: int | None) -> None:
     """Download-button callback: an ``export`` row (target: the file name)."""
     record("export", file_name, {"what": what, "rows": rows})
+
+
+def export_recorder(file_name: str, what: str, rows: int | None) -> Callable[[], bool]:
+    """A writer of the ``export`` row of a deferred download, bound now to this session's
+    actor and read-write engine.
+
+    A deferred download's file is made off the script thread (no session state there), when
+    the user clicks: the returned function writes the row then, as :func:`record` would.
+    """
+    who, details = actor(), {"what": what, "rows": rows}
+    try:
+        engine = data.write_engine()
+    except QualityError as exc:
+        error = exc  # an unusable DB URL: the write fails (and is logged) when the file is made
+
+        def engine_of() -> Engine:
+            raise error
+    else:
+
+        def engine_of() -> Engine:
+            return engine
+
+    return lambda: _write(engine_of, who, "export", file_name, details)
 
 
 def reveal_header(uri: str, target: str) -> list[dict[str, str]]:

@@ -77,12 +77,31 @@ def download_button(
         a callable payload).
     container : where to draw the button (a column); default the page.
     **kwargs : more ``st.download_button`` arguments (``width``, ``help``, ``icon``, ...).
+
+    Returns
+    -------
+    bool
+        Whether it was clicked in this run; always False for a callable payload, whose click
+        does not rerun the page.
     """
-    if callable(payload):
-        n = rows  # deferred: made when clicked; the caller knows the rows (or there are none)
-    else:
-        n = rows if rows is not None else _n_rows(payload, mime)
     target = container if container is not None else st
+    if callable(payload):
+        # Deferred: the file is made when clicked (the caller knows the rows, or there are
+        # none). A rerun on the click races the file request in Streamlit 1.67, and about one
+        # click in 30 then spins for ever without a download: no rerun, and the export row is
+        # written when the file is made.
+        record = trail.export_recorder(file_name, what, rows)
+
+        def make() -> Any:
+            out = payload()
+            record()
+            return out
+
+        target.download_button(
+            label, make, file_name=file_name, mime=mime, key=key, on_click="ignore", **kwargs
+        )
+        return False
+    n = rows if rows is not None else _n_rows(payload, mime)
     return bool(
         target.download_button(
             label,

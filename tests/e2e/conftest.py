@@ -27,7 +27,7 @@ import pytest
 from conftest import service_missing
 from sqlalchemy.orm import Session
 
-from e2e.journey import CHROMIUM, CHROMIUM_ARGS, serve
+from e2e.journey import CHROMIUM, CHROMIUM_ARGS, serve, server_log_tail
 from quality import auth
 from quality.db.session import make_engine
 
@@ -56,6 +56,18 @@ class JourneyDemo:
     folder: Path
     dicom: Path
     truth: dict[str, Any]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed journey's report carries the end of its app server's log."""
+    report = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            tail = server_log_tail(value) if isinstance(value, str) else None
+            if tail:
+                report.sections.append(("streamlit log (end)", tail))
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -39,10 +39,12 @@ __all__ = [
     "choose",
     "download",
     "grid_rows",
+    "journey",
     "menu",
     "new_page",
     "open_page",
     "serve",
+    "server_log_tail",
     "sign_in",
     "wait_idle",
 ]
@@ -63,6 +65,8 @@ STEP_TIMEOUT_MS = 90_000
 """Bound of one step (a page run on two shared cores can take tens of seconds on the small
 demo; Playwright's own default is 5 s for ``expect`` and 30 s for actions)."""
 SAVE_SCREENSHOTS = os.environ.get("QUALITY_SAVE_SCREENSHOTS") == "1"
+SERVER_LOGS: dict[str, Path] = {}
+"""Base URL → log file of each server :func:`serve` started (for failure reports)."""
 VIEWPORT = {"width": 1280, "height": 800}
 """The window of every journey (and of its screenshots)."""
 
@@ -99,10 +103,14 @@ def serve(db_url: str, folder: Path, env: Mapping[str, str] | None = None) -> It
             sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
             "--server.port", str(port), "--server.address", "127.0.0.1",
             "--server.headless", "true", "--browser.gatherUsageStats", "false",
+            # The journeys run on the working tree: an edit made meanwhile must not reload
+            # modules under a running journey (and the watcher costs CPU).
+            "--server.fileWatcherType", "none",
         ],
         cwd=ROOT, env=run_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
+    SERVER_LOGS[base] = log_path
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _healthy(base):
@@ -122,6 +130,14 @@ def serve(db_url: str, folder: Path, env: Mapping[str, str] | None = None) -> It
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait(timeout=20)
         log.close()
+
+
+def server_log_tail(base: str, n_chars: int = 4000) -> str | None:
+    """The end of the log of the server at ``base`` (started by :func:`serve`), if any."""
+    path = SERVER_LOGS.get(base)
+    if path is None or not path.exists():
+        return None
+    return path.read_text(errors="replace")[-n_chars:]
 
 
 def new_page(browser: Any) -> tuple[Any, Any]:
@@ -274,3 +290,23 @@ class Shots:
         target.mkdir(parents=True, exist_ok=True)
         for path in self.key:
             shutil.copyfile(path, target / path.name)
+
+
+@contextlib.contextmanager
+def journey(browser: Any, folder: Path, prefix: str) -> Iterator[tuple[Any, Shots]]:
+    """A page in a fresh context and its :class:`Shots`; closes the context at the end.
+
+    On a failure the view at that moment is saved as ``<prefix>-failed.png`` in ``folder``;
+    on success the key shots are published (:meth:`Shots.publish`).
+    """
+    context, page = new_page(browser)
+    shots = Shots(page, folder, prefix)
+    try:
+        yield page, shots
+    except BaseException:
+        with contextlib.suppress(Exception):
+            page.screenshot(path=str(folder / f"{prefix}-failed.png"), timeout=10_000)
+        raise
+    finally:
+        context.close()
+    shots.publish()

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from e2e.conftest import PASSWORD, USERS
-from e2e.journey import Shots, menu, new_page, sign_in, wait_idle
+from e2e.journey import journey, menu, sign_in, wait_idle
 from quality.ui.nav import allowed_pages
 
 SLUGS = {"data scientist": "scientist", "labeling manager": "manager"}
@@ -36,9 +36,7 @@ def test_wrong_role_is_refused_at_a_page_url(
     own_menu = {p.title for p in allowed_pages(role)}
     assert title not in own_menu  # the case is a refusal by construction
 
-    context, page = new_page(browser)
-    shots = Shots(page, tmp_path, f"journey-{SLUGS[role]}")
-    try:
+    with journey(browser, tmp_path, f"journey-{SLUGS[role]}") as (page, shots):
         page.goto(f"{journey_app}/{url_path}")
         sign_in(page, USERS[role], PASSWORD)
         expect(page.get_by_text(f"The {role} role cannot open this page.")).to_be_visible()
@@ -48,7 +46,4 @@ def test_wrong_role_is_refused_at_a_page_url(
         assert not page.get_by_test_id("stButton").filter(has_text=re.compile("Agree|Run")).count()
         expect(page.locator('[data-testid="stSidebarNav"] a')).to_have_count(len(own_menu))
         assert menu(page) == own_menu
-        shots(f"refused-{url_path}", key=url_path == "audit")
-    finally:
-        context.close()
-    shots.publish()
+        shots(f"refused-{url_path}", key=url_path == "worklist")

@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from e2e.conftest import PASSWORD, USERS, JourneyDemo
-from e2e.journey import Shots, choose, new_page, open_page, sign_in, wait_idle
+from e2e.journey import choose, journey, open_page, sign_in, wait_idle
 from quality.db.schema import Review, ReviewSession, ReviewSessionItem, User
 from quality.db.session import make_engine
 
@@ -45,9 +45,7 @@ def test_clinician_gives_five_verdicts(
     corrected: str | None = None
     reviews_before = _n_reviews(journey_demo.url)
 
-    context, page = new_page(browser)
-    shots = Shots(page, tmp_path, "journey-clinician")
-    try:
+    with journey(browser, tmp_path, "journey-clinician") as (page, shots):
         page.goto(journey_app)
         sign_in(page, CLINICIAN, PASSWORD)
         expect(page.get_by_role("heading", name="Overview")).to_be_visible()
@@ -77,9 +75,6 @@ def test_clinician_gives_five_verdicts(
             wait_idle(page)
         expect(page.get_by_text(re.compile(rf"^{len(VERDICTS)} of \d+ done$"))).to_be_visible()
         shots("verdicts", at=page.get_by_role("heading", name="Spot-check", level=1), key=True)
-    finally:
-        context.close()
-    shots.publish()
 
     engine = make_engine(journey_demo.url)
     try:

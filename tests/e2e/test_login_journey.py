@@ -18,7 +18,7 @@ import pytest
 from conftest import copy_demo_db
 from sqlalchemy.orm import Session
 
-from e2e.journey import Shots, menu, new_page, serve, sign_in, wait_idle
+from e2e.journey import journey, menu, serve, sign_in, wait_idle
 from quality import auth
 from quality.db.session import make_engine, upgrade
 
@@ -46,9 +46,7 @@ def app_url(tiny_demo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 def test_clinician_journey(app_url: str, browser: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
-    context, page = new_page(browser)
-    shots = Shots(page, tmp_path, "login")
-    try:
+    with journey(browser, tmp_path, "login") as (page, shots):
         page.goto(app_url)
         expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
         assert not page.locator('[data-testid="stSidebarNav"]').count()  # no menu yet
@@ -79,6 +77,3 @@ def test_clinician_journey(app_url: str, browser: Any, tmp_path: Path) -> None:
         page.get_by_role("button", name=re.compile("Sign out")).click()
         expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
         expect(page.get_by_text("You are signed out.")).to_be_visible()
-    finally:
-        context.close()
-    shots.publish()

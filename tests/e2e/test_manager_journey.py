@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from e2e.conftest import PASSWORD, USERS, JourneyDemo
-from e2e.journey import Shots, choose, download, grid_rows, new_page, open_page, sign_in, wait_idle
+from e2e.journey import choose, download, grid_rows, journey, open_page, sign_in, wait_idle
 from quality.db.schema import AuditLog
 from quality.db.session import make_engine
 
@@ -39,9 +39,7 @@ def test_manager_finds_flagged_doctor_and_exports(
     annotators = {d["code"] for d in truth["doctors"]} | {e["code"] for e in truth["experts"]}
     task = _classification_task(truth)
 
-    context, page = new_page(browser)
-    shots = Shots(page, tmp_path, "journey-manager")
-    try:
+    with journey(browser, tmp_path, "journey-manager") as (page, shots):
         page.goto(journey_app)
         sign_in(page, MANAGER, PASSWORD)
         expect(page.get_by_role("heading", name="Overview")).to_be_visible()
@@ -77,9 +75,6 @@ def test_manager_finds_flagged_doctor_and_exports(
         # Export: a real download of the report.
         path = download(page, "⬇️ CSV", tmp_path)
         shots("exported")
-    finally:
-        context.close()
-    shots.publish()
 
     assert path.name == f"doctors-{task}.csv"
     report = list(csv.DictReader(io.StringIO(path.read_text())))

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from e2e.conftest import PASSWORD, USERS, JourneyDemo
-from e2e.journey import Shots, download, new_page, open_page, sign_in, wait_idle
+from e2e.journey import download, journey, open_page, sign_in, wait_idle
 from quality.db.schema import CheckRun, Image, ImageQuality
 from quality.db.session import make_engine
 
@@ -89,9 +89,7 @@ def test_scientist_card_data_tests_drift_and_worst_images(
     drift_start = dt.date.fromisoformat(drift["start_date"])
     runs_before = _n_check_runs(journey_demo.url)
 
-    context, page = new_page(browser)
-    shots = Shots(page, tmp_path, "journey-scientist")
-    try:
+    with journey(browser, tmp_path, "journey-scientist") as (page, shots):
         page.goto(journey_app)
         sign_in(page, SCIENTIST, PASSWORD)
         expect(page.get_by_role("heading", name="Overview")).to_be_visible()
@@ -148,9 +146,6 @@ def test_scientist_card_data_tests_drift_and_worst_images(
         expect(captions.first).to_be_visible()
         first = captions.first.inner_text()
         shots("worst-images", at=page.get_by_role("heading", name="Worst images"), key=True)
-    finally:
-        context.close()
-    shots.publish()
 
     # The data tests run is stored.
     assert _n_check_runs(journey_demo.url) == runs_before + 1
