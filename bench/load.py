@@ -74,9 +74,10 @@ loads) and Tornado; the time is the server-side script run. The machine's CPU is
 the harness (which parses each run's element tree, as a browser would render it) and the
 "server".
 
-The default DB is the large demo when ``/tmp/h/large_db_url`` names one, else the small demo
-(``quality demo --size small``, then ``quality score``) built once into a throwaway
-PostgreSQL cluster under ``/tmp/quality-load-pg`` (kept running for the next run).
+The default DB is the large demo of ``bench/large_db.py`` (its persistent throwaway cluster,
+built on first use). ``--small`` takes the small demo instead (``quality demo --size small``,
+then ``quality score``), built once into a throwaway PostgreSQL cluster under
+``/tmp/quality-load-pg`` (kept running for the next run).
 """
 
 from __future__ import annotations
@@ -121,7 +122,6 @@ __all__ = [
 ]
 
 APP = str(ROOT / "app.py")
-LARGE_URL_FILE = Path("/tmp/h/large_db_url")
 PG_ROOT = Path("/tmp/quality-load-pg")
 DEMO_OUT = Path("/tmp/quality-load-data")
 SMALL_DB = "quality_load_small"
@@ -249,14 +249,15 @@ def _recreate(base: str) -> None:
         admin.dispose()
 
 
-def default_db_url() -> tuple[str, str]:
-    """``(url, what)``: the large demo when ``/tmp/h/large_db_url`` names one, else the small
-    demo on the throwaway cluster (:func:`ensure_small_pg`)."""
-    if LARGE_URL_FILE.exists():
-        url = LARGE_URL_FILE.read_text().strip()
-        if url:
-            return url, "large demo"
-    return ensure_small_pg(), "small demo"
+def default_db_url(small: bool = False) -> tuple[str, str]:
+    """``(url, what)``: the large demo (``bench/large_db.py``, built when missing), or with
+    ``small`` the small demo on the throwaway cluster (:func:`ensure_small_pg`)."""
+    if small:
+        return ensure_small_pg(), "small demo"
+    sys.path.insert(0, str(ROOT / "bench"))
+    from large_db import ensure_large_db  # type: ignore[import-not-found]
+
+    return ensure_large_db(quiet=False), "large demo"
 
 
 def _count_rows(url: str) -> dict[str, int]:
@@ -993,6 +994,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-timeout", type=float, default=180.0)
     parser.add_argument("--prepare", action="store_true", help="only build the default DB")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--small", action="store_true", help="the small demo instead of the large one"
+    )
     args = parser.parse_args(argv)
     from streamlit.logger import set_log_level
 
@@ -1003,7 +1007,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.db:
         url, what = args.db, ""
     else:
-        url, what = default_db_url()
+        url, what = default_db_url(small=args.small)
     if args.prepare:
         print(url)
         return 0

@@ -4,7 +4,7 @@
 # * Orthanc with its DICOMweb and GDCM plugins for the PACS tests (tests/orthanc_server.py
 #   starts its own Orthanc on a free loopback port with a config in a temp dir);
 # * Chromium for the Playwright browser journeys (tests/e2e/; Playwright drives Debian's
-#   browser, it downloads none).
+#   browser, it downloads none), and an emoji font for its screenshots.
 set -euo pipefail
 
 need=()
@@ -13,6 +13,8 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need+=(orthanc-dicomweb)
 [ -e /usr/share/orthanc/plugins/libOrthancGdcm.so ] || need+=(orthanc-gdcm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# The pages' emoji icons in the journeys' screenshots (headless Chromium has no emoji font).
+[ -e /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf ] || need+=(fonts-noto-color-emoji)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -51,6 +51,39 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("quality/db/migrations/versions/0004_auth_audit_append_only.py", "DROP TRIGGER IF EXI"): (
         "trigger names from the module constant _SQLITE_TRIGGERS"
     ),
+    ("quality/db/migrations/versions/0005_page_speed.py", "CREATE TRIGGER note_"): (
+        "table names from the module constant TRACKED, events from a literal tuple"
+    ),
+    ("quality/db/migrations/versions/0005_page_speed.py", "DROP TRIGGER IF EXISTS note_"): (
+        "table names from the module constant TRACKED, events from a literal tuple"
+    ),  # The large demo's bulk loader: identifiers from the SQLAlchemy models (table and column
+    # names) or from the PostgreSQL catalogue (constraint and index names and definitions of
+    # those tables, read back and restored verbatim); every value is bound or COPYed.
+    (
+        "quality/demo/large.py",
+        "INSERT INTO {table} (",
+    ): "table and column names from the ORM models",
+    (
+        "quality/demo/large.py",
+        "ALTER TABLE {table} DROP CONSTRAINT",
+    ): "names from pg_constraint of model tables",
+    ("quality/demo/large.py", "DROP INDEX "): "index names from pg_indexes of model tables",
+    (
+        "quality/demo/large.py",
+        "definition",
+    ): "an index definition from pg_indexes, restored as it was",
+    (
+        "quality/demo/large.py",
+        "ALTER TABLE {table} ADD CONSTRAINT",
+    ): "pg_get_constraintdef of the dropped one",
+    (
+        "quality/demo/large.py",
+        "SELECT setval(pg_get_serial_sequence(",
+    ): "table names from the ORM models",
+    (
+        "quality/demo/large.py",
+        "INSERT INTO image_quality (image_id, ",
+    ): "column names from the ORM model",
 }
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "menu",
     "new_page",
     "open_page",
+    "page_title",
     "serve",
     "server_log_tail",
     "sign_in",
@@ -188,6 +189,13 @@ def menu(page: Any) -> set[str]:
     return {t.strip().splitlines()[-1].strip() for t in links.all_inner_texts()}
 
 
+def page_title(page: Any, title: str) -> Any:
+    """The page's own title (its ``st.title``: "<icon> <title>"), and no other level-1
+    heading: a page may render Markdown with a ``#`` heading of its own (the dataset card)."""
+    name = re.compile(rf"^\W*{re.escape(title)}\s*$")
+    return page.get_by_role("heading", name=name, level=1)
+
+
 def open_page(page: Any, title: str) -> None:
     """Open a page through the sidebar menu (same session, still signed in) and wait for its
     run to finish."""
@@ -197,7 +205,7 @@ def open_page(page: Any, title: str) -> None:
         has_text=re.compile(rf"^\W*{re.escape(title)}\s*$")
     )
     link.click()
-    expect(page.get_by_role("heading", name=re.compile(re.escape(title)), level=1)).to_be_visible()
+    expect(page_title(page, title)).to_be_visible()
     wait_idle(page)
 
 

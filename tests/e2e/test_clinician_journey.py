@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from e2e.conftest import PASSWORD, USERS, JourneyDemo
-from e2e.journey import choose, journey, open_page, sign_in, wait_idle
+from e2e.journey import choose, journey, open_page, page_title, sign_in, wait_idle
 from quality.db.schema import Review, ReviewSession, ReviewSessionItem, User
 from quality.db.session import make_engine
 
@@ -48,7 +48,7 @@ def test_clinician_gives_five_verdicts(
     with journey(browser, tmp_path, "journey-clinician") as (page, shots):
         page.goto(journey_app)
         sign_in(page, CLINICIAN, PASSWORD)
-        expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        expect(page_title(page, "Overview")).to_be_visible()
         wait_idle(page)
 
         open_page(page, "Spot-check")
@@ -74,7 +74,7 @@ def test_clinician_gives_five_verdicts(
             expect(page.get_by_text(saved)).to_be_visible()
             wait_idle(page)
         expect(page.get_by_text(re.compile(rf"^{len(VERDICTS)} of \d+ done$"))).to_be_visible()
-        shots("verdicts", at=page.get_by_role("heading", name="Spot-check", level=1), key=True)
+        shots("verdicts", at=page_title(page, "Spot-check"), key=True)
 
     engine = make_engine(journey_demo.url)
     try:

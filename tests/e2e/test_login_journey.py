@@ -18,7 +18,7 @@ import pytest
 from conftest import copy_demo_db
 from sqlalchemy.orm import Session
 
-from e2e.journey import journey, menu, serve, sign_in, wait_idle
+from e2e.journey import journey, menu, page_title, serve, sign_in, wait_idle
 from quality import auth
 from quality.db.session import make_engine, upgrade
 
@@ -57,7 +57,7 @@ def test_clinician_journey(app_url: str, browser: Any, tmp_path: Path) -> None:
         expect(page.get_by_text("wrong username or password")).to_be_visible()
 
         sign_in(page, CLINICIAN, PASSWORD)
-        expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        expect(page_title(page, "Overview")).to_be_visible()
         expect(page.get_by_text("Signed in as")).to_be_visible()
         expect(page.locator('[data-testid="stSidebarNav"] a')).to_have_count(len(CLINICIAN_MENU))
         assert menu(page) == CLINICIAN_MENU

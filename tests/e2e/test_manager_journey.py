@@ -18,7 +18,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from e2e.conftest import PASSWORD, USERS, JourneyDemo
-from e2e.journey import choose, download, grid_rows, journey, open_page, sign_in, wait_idle
+from e2e.journey import (
+    choose,
+    download,
+    grid_rows,
+    journey,
+    open_page,
+    page_title,
+    sign_in,
+    wait_idle,
+)
 from quality.db.schema import AuditLog
 from quality.db.session import make_engine
 
@@ -42,7 +51,7 @@ def test_manager_finds_flagged_doctor_and_exports(
     with journey(browser, tmp_path, "journey-manager") as (page, shots):
         page.goto(journey_app)
         sign_in(page, MANAGER, PASSWORD)
-        expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        expect(page_title(page, "Overview")).to_be_visible()
         wait_idle(page)
 
         open_page(page, "Doctors")
@@ -60,7 +69,7 @@ def test_manager_finds_flagged_doctor_and_exports(
         assert set(shown) == annotators
         flagged = {code for code, flags in shown.items() if flags.startswith("🚩")}
         assert {careless, biased} <= flagged, shown
-        shots("team", at=page.get_by_role("heading", name="Team"), key=True)
+        shots("team", at=page.get_by_role("heading", name="Team", exact=True), key=True)
 
         # The careless doctor's drill-down.
         choose(page, "Doctor", re.compile(rf"^#\d+ {re.escape(careless)} "))
@@ -70,7 +79,7 @@ def test_manager_finds_flagged_doctor_and_exports(
         expect(
             page.get_by_text(f"Worst disagreements of {careless} with consensus")
         ).to_be_visible()
-        shots("drilldown", at=page.get_by_role("heading", name="One doctor"), key=True)
+        shots("drilldown", at=page.get_by_role("heading", name="One doctor", exact=True), key=True)
 
         # Export: a real download of the report.
         path = download(page, "⬇️ CSV", tmp_path)

@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from e2e.conftest import PASSWORD, USERS, JourneyDemo
-from e2e.journey import download, journey, open_page, sign_in, wait_idle
+from e2e.journey import download, journey, open_page, page_title, sign_in, wait_idle
 from quality.db.schema import CheckRun, Image, ImageQuality
 from quality.db.session import make_engine
 
@@ -92,7 +92,7 @@ def test_scientist_card_data_tests_drift_and_worst_images(
     with journey(browser, tmp_path, "journey-scientist") as (page, shots):
         page.goto(journey_app)
         sign_in(page, SCIENTIST, PASSWORD)
-        expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+        expect(page_title(page, "Overview")).to_be_visible()
         wait_idle(page)
 
         # 1. The dataset card: the counts of the truth file.
@@ -123,7 +123,7 @@ def test_scientist_card_data_tests_drift_and_worst_images(
         for check, n in expected.items():
             title = f"❌ {check} — {n:,} failed"
             expect(page.get_by_test_id("stExpander").filter(has_text=title)).to_have_count(1)
-        shots("data-tests", at=page.get_by_role("heading", name="Results"), key=True)
+        shots("data-tests", at=page.get_by_role("heading", name="Results", exact=True), key=True)
 
         # The card is the data product's status: the failed run makes it "failing".
         open_page(page, "Dataset card")
@@ -131,21 +131,25 @@ def test_scientist_card_data_tests_drift_and_worst_images(
 
         # 3. Drift: an alert at the seeded source, from the window of its start date.
         open_page(page, "Drift")
-        expect(page.get_by_role("heading", name="Downloads")).to_be_visible()
+        expect(page.get_by_role("heading", name="Downloads", exact=True)).to_be_visible()
         tiles = _metrics(page)
         assert int(tiles["Drift alerts"]) > 0
-        shots("drift", at=page.get_by_role("heading", name="Timeline"), key=True)
+        shots("drift", at=page.get_by_role("heading", name="Timeline", exact=True), key=True)
         alerts_csv = download(page, "⬇️ Alerts", tmp_path)
 
         # 4. Image quality: the worst images.
         open_page(page, "Image quality")
-        expect(page.get_by_role("heading", name="Worst images")).to_be_visible()
+        expect(page.get_by_role("heading", name="Worst images", exact=True)).to_be_visible()
         captions = page.get_by_test_id("stMarkdownContainer").filter(
             has_text=re.compile(r"^image \d+ · ")
         )
         expect(captions.first).to_be_visible()
         first = captions.first.inner_text()
-        shots("worst-images", at=page.get_by_role("heading", name="Worst images"), key=True)
+        shots(
+            "worst-images",
+            at=page.get_by_role("heading", name="Worst images", exact=True),
+            key=True,
+        )
 
     # The data tests run is stored.
     assert _n_check_runs(journey_demo.url) == runs_before + 1
