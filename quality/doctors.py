@@ -71,7 +71,7 @@ Flags and rank
   Koch scale), or the upper bound of its interval more than :data:`KAPPA_MARGIN` (0.1) below
   the median kappa of the doctors (significantly *and* materially worse than the team: at
   the large demo's 8,000 items per doctor, the plain "upper bound below the median" flagged
-  26 of 60 doctors, the margin flags the 7 clearly worst);
+  26 of 60 doctors, the margin flags the 6 clearly worst);
 * ``bias: over-calls X`` / ``bias: under-calls X``: :math:`|bias| \\ge` :data:`BIAS_FLAG` (0.1);
 * ``too fast``: ``too_fast_share`` :math:`\\ge` :data:`TOO_FAST_FLAG` (0.3);
 * ``exam``: exam accuracy below :data:`EXAM_FLAG` (0.7);
