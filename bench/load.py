@@ -84,14 +84,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import glob
 import json
 import os
 import random
 import re
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -139,114 +137,34 @@ EXPECTED_ERRORS: tuple[re.Pattern[str], ...] = ()
 # --------------------------------------------------------------------------- the database
 
 
-def _pg_bindir() -> Path:
-    env = os.environ.get("QUALITY_PG_BINDIR")
-    if env and Path(env, "initdb").exists():
-        return Path(env)
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), reverse=True)
-    if found:
-        return Path(found[0]).parent
-    which = shutil.which("initdb")
-    if which:
-        return Path(which).parent
-    raise SystemExit("PostgreSQL binaries (initdb, pg_ctl) not found; pass --db URL instead")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _run_as() -> list[str]:
-    """initdb refuses to run as root: run the server as an unprivileged system user."""
-    if os.geteuid() != 0:
-        return []
-    for user in ("postgres", "nobody"):
-        if subprocess.run(["id", user], capture_output=True).returncode == 0:
-            return ["runuser", "-u", user, "--"]
-    raise SystemExit("running as root and no 'postgres' or 'nobody' user for PostgreSQL")
-
-
-def _pg_start(root: Path) -> int:
-    """Start (or find running) the cluster under ``root``; return its port."""
-    bindir, run_as = _pg_bindir(), _run_as()
-    data, port_file = root / "data", root / "port"
-    if port_file.exists() and (data / "postmaster.pid").exists():
-        port = int(port_file.read_text())
-        ok = subprocess.run(
-            [*run_as, str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-            capture_output=True,
-        )
-        if ok.returncode == 0:
-            return port
-    root.mkdir(parents=True, exist_ok=True)
-    if run_as:
-        shutil.chown(root, user=run_as[2])
-    if not (data / "PG_VERSION").exists():
-        subprocess.run(
-            [*run_as, str(bindir / "initdb"), "-D", str(data), "-U", "quality", "-A", "trust",
-             "-E", "UTF8"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-    port = _free_port()
-    opts = f"-h 127.0.0.1 -p {port} -k {root} -c max_connections=200"
-    subprocess.run(
-        [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l",
-         str(root / "log"), "-w", "-t", "60", "start"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    port_file.write_text(str(port))
-    return port
-
-
 def _quality(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "quality.cli", *args], check=True, cwd=ROOT)
 
 
 def ensure_small_pg(root: Path = PG_ROOT, out: Path = DEMO_OUT) -> str:
     """The small demo, scored, in database ``quality_load_small`` of a throwaway cluster
-    under ``root`` (started if needed, kept running); built once (about two minutes).
+    under ``root`` (:class:`large_db.LargePg`: started if needed, kept running); built once
+    (about two minutes).
 
     Returns
     -------
     str
         The database URL.
     """
-    from sqlalchemy import create_engine
+    sys.path.insert(0, str(ROOT / "bench"))
+    from large_db import LargePg  # type: ignore[import-not-found]
 
-    port = _pg_start(root)
-    base = f"postgresql+psycopg://quality@127.0.0.1:{port}"
-    admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            exists = c.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": SMALL_DB})
-            if not exists:
-                c.execute(text(f'CREATE DATABASE "{SMALL_DB}"'))
-    finally:
-        admin.dispose()
-    url = f"{base}/{SMALL_DB}"
-    if _count_rows(url).get("image_quality", 0) == 0:
+    pg = LargePg(root)
+    pg.ensure()
+    url = pg.url(SMALL_DB)
+    if not pg.has_database(SMALL_DB) or _count_rows(url).get("image_quality", 0) == 0:
         # Build and score again from scratch: a half-built demo is not reused.
-        if exists:
-            _recreate(base)
+        pg.recreate_database(SMALL_DB)
         shutil.rmtree(out, ignore_errors=True)
         _quality("demo", "--size", "small", "--out", str(out), "--db", url, "--json")
         _quality("score", "--dataset", DATASET, "--db", url, "--embeddings-dir",
                  str(out / "embeddings"), "--json")  # fmt: skip
     return url
-
-
-def _recreate(base: str) -> None:
-    from sqlalchemy import create_engine
-
-    admin = create_engine(f"{base}/postgres", isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{SMALL_DB}" WITH (FORCE)'))
-            c.execute(text(f'CREATE DATABASE "{SMALL_DB}"'))
-    finally:
-        admin.dispose()
 
 
 def default_db_url(small: bool = False) -> tuple[str, str]:
