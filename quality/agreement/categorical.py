@@ -1007,6 +1007,26 @@ def _long_resampler(data: pd.DataFrame) -> Callable[[np.random.Generator], pd.Da
     return draw
 
 
+def _check_bootstrap_args(source: str, n_resamples: int, confidence: float) -> None:
+    """The argument checks shared by the bootstraps."""
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer):
+        raise LabelDataError(source, "n_resamples", f"must be an int, got {n_resamples!r}")
+    if n_resamples < 1:
+        raise LabelDataError(source, "n_resamples", f"must be at least 1, got {n_resamples}")
+    if not 0.0 < confidence < 1.0:
+        raise LabelDataError(source, "confidence", f"must lie in (0, 1), got {confidence}")
+
+
+def _percentile_ci(estimate: float, stats: NDArray[np.float64], confidence: float) -> CI:
+    """The percentile interval of the defined (non-NaN) resampled ``stats``."""
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    ok = stats[~np.isnan(stats)]
+    if ok.size == 0:
+        return CI(float(estimate), float("nan"), float("nan"))
+    low, high = np.percentile(ok, [tail, 100.0 - tail])
+    return CI(float(estimate), float(low), float(high))
+
+
 def bootstrap_ci(
     statistic: Callable[..., float],
     data: pd.DataFrame | npt.ArrayLike | tuple[npt.ArrayLike, ...],
@@ -1063,12 +1083,7 @@ def bootstrap_ci(
     source = "bootstrap_ci"
     if not callable(statistic):
         raise LabelDataError(source, "statistic", "must be callable")
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer):
-        raise LabelDataError(source, "n_resamples", f"must be an int, got {n_resamples!r}")
-    if n_resamples < 1:
-        raise LabelDataError(source, "n_resamples", f"must be at least 1, got {n_resamples}")
-    if not 0.0 < confidence < 1.0:
-        raise LabelDataError(source, "confidence", f"must lie in (0, 1), got {confidence}")
+    _check_bootstrap_args(source, n_resamples, confidence)
     if axis not in (0, 1):
         raise LabelDataError(source, "axis", f"must be 0 or 1, got {axis}")
     rng = np.random.default_rng(random_state)
@@ -1131,12 +1146,7 @@ def bootstrap_ci(
             stats[k] = statistic(*draw(rng))
         except LabelDataError:
             continue  # an undefined resample, e.g. no item rated twice: left out (see Returns)
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    ok = stats[~np.isnan(stats)]
-    if ok.size == 0:
-        return CI(float(estimate), float("nan"), float("nan"))
-    low, high = np.percentile(ok, [tail, 100.0 - tail])
-    return CI(float(estimate), float(low), float(high))
+    return _percentile_ci(estimate, stats, confidence)
 
 
 def krippendorff_alpha_nominal_ci(
@@ -1187,12 +1197,7 @@ def krippendorff_alpha_nominal_ci(
     Efron, B., & Tibshirani, R. J. (1993). *An Introduction to the Bootstrap*, ch. 13.
     """
     source = "bootstrap_ci"
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer):
-        raise LabelDataError(source, "n_resamples", f"must be an int, got {n_resamples!r}")
-    if n_resamples < 1:
-        raise LabelDataError(source, "n_resamples", f"must be at least 1, got {n_resamples}")
-    if not 0.0 < confidence < 1.0:
-        raise LabelDataError(source, "confidence", f"must lie in (0, 1), got {confidence}")
+    _check_bootstrap_args(source, n_resamples, confidence)
     x = _reliability_matrix(reliability_data, "nominal", None, "krippendorff_alpha")
     estimate = _alpha_nominal(x)
     present = ~np.isnan(x)
@@ -1232,9 +1237,4 @@ def krippendorff_alpha_nominal_ci(
         if d_e <= 0.0:
             continue
         stats[k] = 1.0 - (n - 1.0) * (n - float(wf @ t)) / d_e
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    ok = stats[~np.isnan(stats)]
-    if ok.size == 0:
-        return CI(float(estimate), float("nan"), float("nan"))
-    low, high = np.percentile(ok, [tail, 100.0 - tail])
-    return CI(float(estimate), float(low), float(high))
+    return _percentile_ci(estimate, stats, confidence)
