@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib.util
 import json
 import os
 from collections import Counter
@@ -71,8 +70,7 @@ def _build(url: str, out: Path) -> DemoSummary:
     engine = make_engine(url)
     upgrade(engine)
     with pytest.MonkeyPatch.context() as mp, Session(engine) as s:
-        if importlib.util.find_spec("quality.db.aggregates") is not None:
-            mp.setattr("quality.db.aggregates.refresh", lambda session, **kw: [])
+        mp.setattr("quality.db.aggregates.refresh", lambda session, **kw: [])
         summary = build_large(
             s, out, seed=0, salt=SALT, scale=SCALE, base=BASE, workers=1, refresh_aggregates=False
         )
@@ -281,14 +279,13 @@ def test_cli_same_seed_same_content(
     """``quality demo --size large --json`` on another DB: same counts, same content; the
     pages' precomputed results are refreshed once, after the last row is in."""
     seen: list[int] = []
-    has_aggregates = importlib.util.find_spec("quality.db.aggregates") is not None
-    if has_aggregates:  # the real refresh is the aggregates' own test; here: when it runs
 
-        def fake_refresh(session: Session) -> list[Any]:
-            seen.append(session.scalar(select(func.count()).select_from(Prediction)))
-            return []
+    def fake_refresh(session: Session, **_kwargs: Any) -> list[Any]:
+        # The real refresh is the aggregates' own test; here: when it runs.
+        seen.append(session.scalar(select(func.count()).select_from(Prediction)))
+        return []
 
-        monkeypatch.setattr("quality.db.aggregates.refresh", fake_refresh)
+    monkeypatch.setattr("quality.db.aggregates.refresh", fake_refresh)
     cluster = request.getfixturevalue("pg_cluster")
     url = cluster.new_database()
     try:
@@ -302,9 +299,9 @@ def test_cli_same_seed_same_content(
             "studies": 1000, "images": 2000, "annotations": 10_000, "predictions": 4000
         }  # fmt: skip
         assert payload["seconds"] > 0 and payload["size"] == "large"
-        assert payload["aggregates_refreshed"] is has_aggregates
+        assert payload["aggregates_refreshed"] is True
         # (ingest and score refresh too, on the base demo; the last refresh sees every row)
-        assert seen[-1:] == ([4000] if has_aggregates else [])
+        assert seen[-1:] == [4000]
         engine = make_engine(url)
         with Session(engine) as s, pg_large.session() as ref:
             assert db_content_hash(s) == db_content_hash(ref)

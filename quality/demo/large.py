@@ -70,8 +70,7 @@ PostgreSQL each phase loads its tables without their secondary indexes, unique a
 keys, and makes them again from their own definitions at the end of the phase, in the same
 transaction (:meth:`_Loader.deferred`): 10⁶ annotations load in about 10 s instead of 40 s.
 The full size takes about 2.5 minutes on 2 shared cores (small demo and scoring included),
-plus whatever ``quality.db.aggregates.refresh`` takes, which runs last when that module
-exists.
+plus what ``quality.db.aggregates.refresh`` takes (about 5.5 minutes), which runs last.
 
 Example
 -------
@@ -84,8 +83,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import importlib.util
-import inspect
 import json
 import math
 import os
@@ -1102,8 +1099,8 @@ def build_large(
     progress : called as ``progress(done, total, label)`` per phase.
     base : the demo to scale up, ``small``; ``tiny`` only makes tests faster.
     device : torch device for scoring the small demo's images.
-    refresh_aggregates : at the end, call ``quality.db.aggregates.refresh(session)`` when
-        that module exists (the pages' precomputed results); tests turn it off for speed.
+    refresh_aggregates : at the end, call ``quality.db.aggregates.refresh(session)`` (the
+        pages' precomputed results); tests turn it off for speed.
 
     Returns
     -------
@@ -1447,36 +1444,22 @@ def _fill_predictions(
     return out
 
 
-def _refresh_aggregates(session: Session, progress: _ProgressFn | None) -> dict[str, float] | None:
-    """``quality.db.aggregates.refresh(session)`` when that module exists; seconds per kind.
-
-    None when there is no such module (or no ``refresh`` in it).
-    """
-    if importlib.util.find_spec("quality.db.aggregates") is None:
-        return None
+def _refresh_aggregates(session: Session, progress: _ProgressFn | None) -> dict[str, float]:
+    """:func:`quality.db.aggregates.refresh` (the pages' results computed ahead); seconds per
+    kind."""
     from quality.db import aggregates
 
-    refresh = getattr(aggregates, "refresh", None)
-    if not callable(refresh):
-        return None
-    kwargs: dict[str, Any] = {}
+    def each(result: aggregates.RefreshResult) -> None:
+        if progress is not None:
+            progress(1, 1, f"large: aggregates: {result.kind} {result.key}")
+
     if progress is not None:
         progress(0, 1, "large: aggregates")
-        if "progress" in inspect.signature(refresh).parameters:
-
-            def each(result: Any) -> None:
-                kind = getattr(result, "kind", "?")
-                progress(1, 1, f"large: aggregates: {kind} {getattr(result, 'key', '')}")
-
-            kwargs["progress"] = each
-    results = refresh(session, **kwargs)
+    seconds: dict[str, float] = {}
+    for r in aggregates.refresh(session, progress=each):
+        seconds[r.kind] = round(seconds.get(r.kind, 0.0) + r.seconds, 2)
     if progress is not None:
         progress(1, 1, "large: aggregates")
-    seconds: dict[str, float] = {}
-    for r in results if isinstance(results, list) else []:
-        kind, secs = getattr(r, "kind", None), getattr(r, "seconds", None)
-        if isinstance(kind, str) and isinstance(secs, int | float):
-            seconds[kind] = round(seconds.get(kind, 0.0) + float(secs), 2)
     return seconds
 
 
